@@ -1,0 +1,268 @@
+"""The results publisher: the one owner of a worker's Tiled connection.
+
+Online workers compute on frames and hand their results to :class:`ResultsPublisher`
+with non-blocking calls. A background thread writes them into Tiled under
+``analysis/<run uid>/<technique>/<name>``. When Tiled is briefly unavailable the
+thread keeps the pending operations and retries with backoff; the frame intake never
+waits on Tiled. When the queue is full the newest operation that can be dropped
+(a preview update) is dropped and counted, never silently.
+
+Writes are idempotent on retry: an array grows by ``patch(..., offset=n, extend=True)``
+at the offset this publisher knows, so a retried append overwrites the same slice
+rather than adding a second copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .layout import ANALYSIS, ensure_container, ensure_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Op:
+    kind: str  # "extend_array" | "write_array" | "append_table" | "metadata"
+    path: tuple[str, ...]  # (run_uid, technique, name) below analysis/
+    payload: Any = None
+    metadata: dict[str, Any] | None = None
+    dims: list[str] | None = None
+    droppable: bool = False
+    attempts: int = 0
+
+
+@dataclass
+class PublisherStats:
+    submitted: int = 0
+    written: int = 0
+    dropped: int = 0
+    retries: int = 0
+    failed: int = 0
+    last_error: str = ""
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "submitted": self.submitted,
+            "written": self.written,
+            "dropped": self.dropped,
+            "retries": self.retries,
+            "failed": self.failed,
+            "last_error": self.last_error,
+        }
+
+
+class ResultsPublisher:
+    """Write live results into Tiled from a background thread.
+
+    Parameters
+    ----------
+    connect : callable
+        Returns a Tiled client for the server root (e.g.
+        ``lambda: tiled.client.from_uri(uri, api_key=key)``); called again after a
+        connection failure.
+    maxsize : int
+        Pending operations kept; beyond it, droppable operations are dropped (counted).
+    max_attempts : int
+        Attempts per operation before it is counted as failed and logged. Backoff
+        doubles from 0.2 s to 5 s, so the default rides out ~1 minute of outage.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        maxsize: int = 1000,
+        max_attempts: int = 15,
+    ) -> None:
+        self._connect = connect
+        self._client: Any = None
+        self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=maxsize)
+        self._max_attempts = max_attempts
+        self._lengths: dict[tuple[str, ...], int] = {}
+        self.stats = PublisherStats()
+        self._thread = threading.Thread(target=self._run, name="results-publisher", daemon=True)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread.start()
+
+    # -- non-blocking API used by workers ---------------------------------------------
+    def extend_array(
+        self,
+        path: tuple[str, str, str],
+        rows: np.ndarray,
+        *,
+        dims: list[str],
+        metadata: dict[str, Any] | None = None,
+        droppable: bool = False,
+    ) -> bool:
+        """Append ``rows`` (shape ``(n, ...)``) along axis 0 of array ``path``.
+
+        The array is created on first use with ``dims`` and ``metadata``; later calls
+        update its metadata when ``metadata`` is given.
+        """
+        return self._submit(
+            _Op("extend_array", path, np.ascontiguousarray(rows), metadata, dims, droppable)
+        )
+
+    def write_array(
+        self,
+        path: tuple[str, str, str],
+        array: np.ndarray,
+        *,
+        dims: list[str],
+        metadata: dict[str, Any],
+    ) -> bool:
+        """Create or replace the array at ``path``."""
+        return self._submit(_Op("write_array", path, np.ascontiguousarray(array), metadata, dims))
+
+    def append_table(
+        self,
+        path: tuple[str, str, str],
+        columns: dict[str, np.ndarray | list],
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Append rows (one list/array per column, equal lengths) to an appendable table."""
+        lengths = {k: len(v) for k, v in columns.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"columns of unequal length: {lengths}")
+        return self._submit(_Op("append_table", path, dict(columns), metadata))
+
+    def update_metadata(self, path: tuple[str, ...], metadata: dict[str, Any]) -> bool:
+        """Merge ``metadata`` into the node at ``path`` (created as a container if missing)."""
+        return self._submit(_Op("metadata", path, None, metadata))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every submitted operation has been written or given up on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            self._idle.wait(0.05)
+        return self._queue.unfinished_tasks == 0
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush, then stop the thread."""
+        self.flush(timeout)
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # pragma: no cover
+            pass
+        self._thread.join(timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    # -- internals ---------------------------------------------------------------------
+    def _submit(self, op: _Op) -> bool:
+        self.stats.submitted += 1
+        try:
+            self._queue.put_nowait(op)
+            self._idle.clear()
+            return True
+        except queue.Full:
+            self.stats.dropped += 1
+            self.stats.reasons["queue full"] = self.stats.reasons.get("queue full", 0) + 1
+            log.warning("results queue full: dropped %s %s", op.kind, "/".join(op.path))
+            return False
+
+    def _run(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                self._queue.task_done()
+                return
+            delay = 0.2
+            while True:
+                try:
+                    self._apply(op)
+                    self.stats.written += 1
+                    break
+                except Exception as exc:  # noqa: BLE001 - any Tiled/HTTP failure is retried
+                    op.attempts += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    self._client = None  # reconnect on the next attempt
+                    if op.attempts >= self._max_attempts:
+                        self.stats.failed += 1
+                        log.error(
+                            "gave up writing %s to analysis/%s after %d attempts: %s",
+                            op.kind,
+                            "/".join(op.path),
+                            op.attempts,
+                            self.stats.last_error,
+                        )
+                        break
+                    self.stats.retries += 1
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._queue.task_done()
+            if self._queue.unfinished_tasks == 0:
+                self._idle.set()
+
+    def _root(self):
+        if self._client is None:
+            self._client = self._connect()
+            ensure_layout(self._client)
+        return self._client
+
+    def _parent(self, path: tuple[str, ...]):
+        node = ensure_container(self._root(), ANALYSIS)
+        for key in path[:-1]:
+            node = ensure_container(node, key)
+        return node
+
+    def _apply(self, op: _Op) -> None:
+        parent = self._parent(op.path)
+        key = op.path[-1]
+        if op.kind == "metadata":
+            node = ensure_container(parent, key)
+            node.update_metadata(metadata=op.metadata)
+        elif op.kind == "write_array":
+            if key in parent:
+                parent[key].delete() if hasattr(parent[key], "delete") else None
+            parent.write_array(op.payload, key=key, metadata=op.metadata, dims=op.dims)
+            self._lengths[op.path] = op.payload.shape[0] if op.payload.ndim else 0
+        elif op.kind == "extend_array":
+            self._extend(parent, key, op)
+        elif op.kind == "append_table":
+            self._append_table(parent, key, op)
+        else:  # pragma: no cover
+            raise ValueError(f"unknown operation {op.kind!r}")
+
+    def _extend(self, parent, key: str, op: _Op) -> None:
+        rows = op.payload
+        if key not in parent:
+            parent.write_array(rows, key=key, metadata=op.metadata or {}, dims=op.dims)
+            self._lengths[op.path] = rows.shape[0]
+            return
+        node = parent[key]
+        offset = self._lengths.get(op.path)
+        if offset is None:  # a restarted publisher continues after what is there
+            offset = node.shape[0]
+        node.patch(rows, offset=(offset,), extend=True)
+        self._lengths[op.path] = offset + rows.shape[0]
+        if op.metadata:
+            node.update_metadata(metadata=op.metadata)
+
+    def _append_table(self, parent, key: str, op: _Op) -> None:
+        import pyarrow as pa
+
+        table = pa.table({k: np.asarray(v) for k, v in op.payload.items()})
+        if key not in parent:
+            node = parent.create_appendable_table(table.schema, key=key, metadata=op.metadata or {})
+        else:
+            node = parent[key]
+            if op.metadata:
+                node.update_metadata(metadata=op.metadata)
+        node.append_partition(0, table)

@@ -1,0 +1,287 @@
+"""``speckleflow run cci``: a simulated CCI experiment, live, into Tiled.
+
+A Bluesky RunEngine runs :func:`speckleflow.plans.cci_series` on a
+:class:`~speckleflow.devices.HelicityCCD` looking at a hopping maze; frames go to the
+detector's HDF5 file (registered by TiledWriter in ``raw/<uid>``) and over ZeroMQ to
+the online workers, whose results land in ``analysis/<uid>/``. Progress is shown live;
+Ctrl-C aborts the run cleanly (stop document ``abort``) and stops every process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .live import LiveSession
+from .tiled_server import DataDirectory
+
+
+@dataclass
+class CCIRunOptions:
+    pairs: int = 400
+    exposure: float = 1.0
+    photons: float | None = None
+    detector_size: int = 256
+    states_file: Path | None = None
+    n_families: int = 8
+    temperature: float = 300.0
+    seed: int = 0
+    data_dir: Path = Path("speckleflow-data")
+    tiled_uri: str | None = None
+    api_key: str | None = None
+    keep_serving: bool = False
+    workers: tuple[str, ...] = ("fth",)
+    host: str = "127.0.0.1"
+
+    def validate(self) -> None:
+        if self.pairs < 1:
+            raise ValueError(f"--pairs must be ≥ 1, got {self.pairs}")
+        if not self.exposure > 0:
+            raise ValueError(f"--exposure must be > 0 s, got {self.exposure}")
+        if self.photons is not None and not self.photons > 0:
+            raise ValueError(f"--photons must be > 0, got {self.photons}")
+        if self.detector_size < 64 or self.detector_size % 2:
+            raise ValueError(f"--detector-size must be an even number ≥ 64 pixels, got {self.detector_size}")
+        if self.states_file is not None and not Path(self.states_file).is_file():
+            raise ValueError(f"--states-file {self.states_file} does not exist")
+
+
+@dataclass
+class RunResult:
+    uid: str | None
+    exit_status: str
+    frames_acquired: int
+    frames_in_raw: int
+    tiled_uri: str
+    worker_status: dict[str, dict[str, Any]]
+    gaps: list[dict[str, Any]]
+
+
+class _RunMonitor:
+    """RunEngine callback: counts frames and keeps the latest ground truth."""
+
+    def __init__(self) -> None:
+        self.uid: str | None = None
+        self.frames = 0
+        self.truth_state: int | None = None
+        self.exit_status = "not started"
+        self._truth_desc: set[str] = set()
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "start":
+            self.uid = doc["uid"]
+            self.exit_status = "running"
+        elif name == "descriptor" and doc.get("name") == "truth":
+            self._truth_desc.add(doc["uid"])
+        elif name == "event":
+            if doc["descriptor"] in self._truth_desc:
+                self.truth_state = next(
+                    (v for k, v in doc["data"].items() if k.endswith("truth_state")), None
+                )
+            else:
+                self.frames += 1
+        elif name == "stop":
+            self.exit_status = doc.get("exit_status", "unknown")
+
+
+def _status_table(session: LiveSession, monitor: _RunMonitor) -> Table:
+    table = Table(title="online workers", expand=False)
+    for col in ("worker", "state", "processed", "missed", "dropped", "lag (s)", "results", "estimate"):
+        table.add_column(col)
+    for h in session.workers.values():
+        s = h.status
+        alive = h.process.alive()
+        results = s.get("results", {})
+        unit = s.get("unit", {})
+        table.add_row(
+            h.kind,
+            s.get("run_state", "starting") if alive else f"[red]exited ({h.process.returncode})[/red]",
+            str(s.get("frames_processed", 0)),
+            str(s.get("missed", 0)),
+            str(sum(s.get("dropped", {}).values())),
+            f"{s.get('lag_s', 0):.3f}",
+            f"{results.get('written', 0)} written, {results.get('pending', 0)} pending",
+            ", ".join(f"{k}={v}" for k, v in unit.items()),
+        )
+    truth = "—" if monitor.truth_state is None else str(monitor.truth_state)
+    table.caption = f"sample state (simulator truth): {truth}"
+    return table
+
+
+def run_cci(
+    opts: CCIRunOptions,
+    console: Console | None = None,
+    *,
+    on_document: Callable[[LiveSession, str, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run the live CCI experiment end to end; see the module docstring.
+
+    ``on_document(session, name, doc)``, if given, is subscribed to the RunEngine
+    (fault-injection tests use it to kill a worker mid-run).
+
+    Raises
+    ------
+    ValueError
+        For invalid options (the message names the option and value).
+    """
+    opts.validate()
+    console = console or Console()
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+    from bluesky_tiled_plugins import TiledWriter
+
+    from speckleflow.devices import HelicityCCD, MagneticSample
+    from speckleflow.plans import cci_series
+
+    data_dir = DataDirectory.create(opts.data_dir)
+    session = LiveSession(
+        data_dir,
+        workers=opts.workers,
+        tiled_uri=opts.tiled_uri,
+        api_key=opts.api_key,
+        host=opts.host,
+    )
+    monitor = _RunMonitor()
+    result_uid: str | None = None
+    gaps: list[dict[str, Any]] = []
+    frames_in_raw = 0
+    keep = False
+    try:
+        with console.status("starting services") as status:
+            session.start(progress=lambda msg: status.update(msg))
+            status.update("building the sample model")
+            sample = MagneticSample.from_options(
+                states_file=str(opts.states_file) if opts.states_file else None,
+                n_families=opts.n_families,
+                seed=opts.seed,
+                detector_shape=(opts.detector_size, opts.detector_size),
+                temperature_K=opts.temperature,
+            )
+        console.print(
+            f"Tiled: [bold]{session.tiled_uri}[/bold]   bus: {session.frontend} → {session.backend}   "
+            f"sample: {sample.n_states} states ({sample.states.source})"
+        )
+        ccd = HelicityCCD(sample, data_dir.detector, publisher=session.publisher, name="ccd")
+        if opts.photons is not None:
+            ccd.photons_per_frame.put(float(opts.photons))
+
+        RE = RunEngine({}, call_returns_result=False)
+        RE.subscribe(session.publisher)
+        RE.subscribe(monitor)
+        if on_document is not None:
+            RE.subscribe(lambda name, doc: on_document(session, name, doc))
+        RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        task = progress.add_task("frames acquired", total=2 * opts.pairs)
+        stop_display = threading.Event()
+
+        def render() -> Group:
+            progress.update(task, completed=monitor.frames)
+            return Group(progress, _status_table(session, monitor))
+
+        def refresher(live: Live) -> None:
+            while not stop_display.wait(0.25):
+                session.poll_status()
+                live.update(render())
+
+        md = {"sample": {"source": sample.states.source, "n_states": sample.n_states, "seed": opts.seed,
+                         "temperature_K": opts.temperature}}
+        with Live(render(), console=console, refresh_per_second=4, transient=False) as live:
+            thread = threading.Thread(target=refresher, args=(live,), daemon=True)
+            thread.start()
+            try:
+                RE(cci_series(ccd, opts.pairs, opts.exposure, md=md))
+            except (RunEngineInterrupted, KeyboardInterrupt):
+                if RE.state != "idle":
+                    RE.abort(reason="interrupted by the user (Ctrl-C)")
+            finally:
+                stop_display.set()
+                thread.join()
+                if monitor.uid:
+                    session.wait_workers_done(monitor.uid, timeout=30)
+                live.update(render())
+        result_uid = monitor.uid
+        if result_uid:
+            gaps = session.mark_dead_workers(result_uid, monitor.frames)
+            try:
+                frames_in_raw = session.raw_frame_count(result_uid, ccd.image_key)
+            except Exception as exc:  # noqa: BLE001
+                console.print(f"[red]could not read the raw record back from Tiled: {exc}[/red]")
+        keep = opts.keep_serving
+        result = RunResult(
+            uid=result_uid,
+            exit_status=monitor.exit_status,
+            frames_acquired=monitor.frames,
+            frames_in_raw=frames_in_raw,
+            tiled_uri=session.tiled_uri,
+            worker_status={k: h.status for k, h in session.workers.items()},
+            gaps=gaps,
+        )
+        print_summary(result, console, data_dir.root)
+        return result
+    finally:
+        session.stop(keep_tiled=keep)
+        if keep and session.tiled is not None:
+            _serve_until_interrupted(session, console)
+
+
+def _serve_until_interrupted(session: LiveSession, console: Console) -> None:
+    """Keep the embedded Tiled server up for clients (``--keep-serving``) until Ctrl-C."""
+    assert session.tiled is not None and session.tiled.process is not None
+    console.print(
+        f"Tiled stays up at [bold]{session.tiled_uri}[/bold] "
+        f"(API key in {session.data_dir.root / '.api_key'}); Ctrl-C stops it."
+    )
+    try:
+        while session.tiled.process.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.tiled.stop()
+
+
+def print_summary(result: RunResult, console: Console, data_dir: Path) -> None:
+    """The end-of-run summary: where everything is and what each worker saw."""
+    table = Table(title=f"run {result.uid}  —  exit status: {result.exit_status}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("frames acquired", str(result.frames_acquired))
+    table.add_row("frames in the raw record (Tiled)", str(result.frames_in_raw))
+    for kind, s in result.worker_status.items():
+        table.add_row(f"frames processed by worker {kind}", str(s.get("frames_processed", 0)))
+        table.add_row(f"frames missed on the bus ({kind})", str(s.get("missed", 0)))
+        dropped = s.get("dropped", {})
+        table.add_row(f"frames dropped by {kind}", str(sum(dropped.values())) + (f" {dropped}" if dropped else ""))
+    console.print(table)
+    for gap in result.gaps:
+        console.print(f"[red]gap:[/red] {gap['reason']}; {gap['missing']} frames not processed online")
+    if result.frames_in_raw != result.frames_acquired:
+        console.print(
+            f"[red]raw record incomplete: {result.frames_in_raw} of {result.frames_acquired} frames; "
+            f"documents backed up in {data_dir / 'backup'}[/red]"
+        )
+    if result.uid:
+        console.print(
+            f"Tiled: {result.tiled_uri}\n"
+            f"  raw run:   raw/{result.uid}\n"
+            f"  results:   analysis/{result.uid}/fth/preview\n"
+            f"  read it:   from tiled.client import from_uri; "
+            f"c = from_uri('{result.tiled_uri}', api_key=open('{data_dir / '.api_key'}').read())"
+        )
