@@ -89,6 +89,9 @@ class ResultsPublisher:
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=maxsize)
         self._max_attempts = max_attempts
         self._lengths: dict[tuple[str, ...], int] = {}
+        # Clients of nodes already known to exist: one HTTP request per operation
+        # instead of two per path level. Cleared on any error.
+        self._nodes: dict[tuple[str, ...], Any] = {}
         self.stats = PublisherStats()
         self._thread = threading.Thread(target=self._run, name="results-publisher", daemon=True)
         self._idle = threading.Event()
@@ -193,6 +196,7 @@ class ResultsPublisher:
                     op.attempts += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
                     self._client = None  # reconnect on the next attempt
+                    self._nodes.clear()
                     if op.attempts >= self._max_attempts:
                         self.stats.failed += 1
                         log.error(
@@ -216,23 +220,30 @@ class ResultsPublisher:
             ensure_layout(self._client)
         return self._client
 
-    def _parent(self, path: tuple[str, ...]):
-        node = ensure_container(self._root(), ANALYSIS)
-        for key in path[:-1]:
-            node = ensure_container(node, key)
+    def _container(self, path: tuple[str, ...]):
+        """Client of the container ``analysis/<path>``, created on demand and cached."""
+        if path in self._nodes:
+            return self._nodes[path]
+        parent = self._container(path[:-1]) if path else None
+        node = ensure_container(self._root(), ANALYSIS) if not path else ensure_container(parent, path[-1])
+        self._nodes[path] = node
         return node
+
+    def _parent(self, path: tuple[str, ...]):
+        return self._container(path[:-1])
 
     def _apply(self, op: _Op) -> None:
         parent = self._parent(op.path)
         key = op.path[-1]
         if op.kind == "metadata":
-            node = ensure_container(parent, key)
+            node = self._container(op.path)
             node.update_metadata(metadata=op.metadata)
         elif op.kind == "write_array":
-            if key in parent:
-                parent[key].delete() if hasattr(parent[key], "delete") else None
-            parent.write_array(op.payload, key=key, metadata=op.metadata, dims=op.dims)
-            self._lengths[op.path] = op.payload.shape[0] if op.payload.ndim else 0
+            if op.path in self._nodes or key in parent:
+                raise RuntimeError(f"analysis/{'/'.join(op.path)} exists; results are written once")
+            self._nodes[op.path] = parent.write_array(
+                op.payload, key=key, metadata=op.metadata, dims=op.dims
+            )
         elif op.kind == "extend_array":
             self._extend(parent, key, op)
         elif op.kind == "append_table":
@@ -242,11 +253,15 @@ class ResultsPublisher:
 
     def _extend(self, parent, key: str, op: _Op) -> None:
         rows = op.payload
-        if key not in parent:
-            parent.write_array(rows, key=key, metadata=op.metadata or {}, dims=op.dims)
+        node = self._nodes.get(op.path)
+        if node is None and key not in parent:
+            self._nodes[op.path] = parent.write_array(
+                rows, key=key, metadata=op.metadata or {}, dims=op.dims
+            )
             self._lengths[op.path] = rows.shape[0]
             return
-        node = parent[key]
+        if node is None:
+            node = self._nodes[op.path] = parent[key]
         offset = self._lengths.get(op.path)
         if offset is None:  # a restarted publisher continues after what is there
             offset = node.shape[0]
@@ -259,10 +274,12 @@ class ResultsPublisher:
         import pyarrow as pa
 
         table = pa.table({k: np.asarray(v) for k, v in op.payload.items()})
-        if key not in parent:
+        node = self._nodes.get(op.path)
+        if node is None and key not in parent:
             node = parent.create_appendable_table(table.schema, key=key, metadata=op.metadata or {})
         else:
-            node = parent[key]
+            node = node if node is not None else parent[key]
             if op.metadata:
                 node.update_metadata(metadata=op.metadata)
+        self._nodes[op.path] = node
         node.append_partition(0, table)

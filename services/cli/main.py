@@ -114,6 +114,7 @@ def worker_command(
     The Tiled API key comes from SPECKLEFLOW_API_KEY (never the command line).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from tiled.client import from_uri
 
     from speckleflow.services.results import ResultsPublisher
