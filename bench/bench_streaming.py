@@ -26,6 +26,7 @@ Run ``python bench/bench_streaming.py`` (about 45 s) or ``--quick`` (a few secon
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import multiprocessing as mp
 import os
 import shutil
@@ -201,6 +202,7 @@ def _receive(ctx: zmq.Context, conn: Connection, cmd: dict[str, Any]) -> dict[st
 
 
 def _receiver_process(conn: Connection) -> None:
+    faulthandler.enable()  # SIGABRT prints where the receiver is
     ctx = zmq.Context()
     try:
         while (cmd := _recv(conn)) is not None:
@@ -250,6 +252,7 @@ def _measure(
         sock = ctx.socket(zmq.PUSH if case.pattern == "push" else zmq.PUB)
         sock.setsockopt(zmq.SNDHWM, case.hwm)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, RECEIVE_TIMEOUT_MS)  # a dead receiver: fail, not hang
         if case.pattern == "pub-nodrop":
             # Back-pressure instead of drops: the sender is paced by the receiver, so
             # this measures the sustainable rate (a live publisher must never do this).
@@ -262,11 +265,19 @@ def _measure(
             control = encode_heartbeat("bench")
             end = encode_document("stop", {"uid": "s", "run_start": RUN_UID}, RUN_UID, 0)
 
+        # Control messages never block: with PUSH or XPUB_NODROP a full queue would
+        # block the send, and the receiver stops reading once it has seen the end.
         def send_control() -> None:
-            sock.send_multipart(control)
+            try:
+                sock.send_multipart(control, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
         def send_end() -> None:
-            sock.send_multipart(end)
+            try:
+                sock.send_multipart(end, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     _send(
         conn,
@@ -441,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
 
     started = time.perf_counter()
+    # Watchdog: a stuck benchmark prints where it is stuck and exits non-zero.
+    faulthandler.dump_traceback_later(60 if args.quick else 240, exit=True)
     spawn = mp.get_context("spawn")
     parent, child = spawn.Pipe()
     process = spawn.Process(target=_receiver_process, args=(child,), daemon=True)
@@ -470,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             process.kill()
         ctx.term()
         shutil.rmtree(ipc_dir, ignore_errors=True)
+    faulthandler.cancel_dump_traceback_later()
     total = time.perf_counter() - started
     title = (
         f"speckleflow bus vs raw pyzmq — frames/s, sender → receiver in another process "

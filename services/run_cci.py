@@ -217,7 +217,7 @@ def run_cci(
                     session.wait_workers_done(monitor.uid, timeout=30)
                 live.update(render())
         result_uid = monitor.uid
-        if result_uid:
+        if result_uid and monitor.frames:
             gaps = session.mark_dead_workers(result_uid, monitor.frames)
             try:
                 frames_in_raw = session.raw_frame_count(result_uid, ccd.image_key)

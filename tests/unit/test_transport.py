@@ -263,8 +263,12 @@ def test_documents_with_numpy_inside_round_trip(proxy: ProxyThread, context: zmq
     ):
         join(publisher.heartbeat, receiver)
         documents = _document_stream()
+        open_run = []
+        assert publisher.current_run_uid is None
         for name, doc in documents:
             publisher(name, doc)  # as RE.subscribe(publisher) would call it
+            open_run.append(publisher.current_run_uid)
+        assert open_run == ["r1"] * (len(documents) - 1) + [None]
         received = [next_message(receiver, DocumentMessage) for _ in documents]
         with pytest.raises(ValueError, match="'begin'"):
             publisher("begin", {})
