@@ -100,3 +100,17 @@ def test_raw_record_complete_when_preview_worker_is_killed(tmp_path):
         f"frames produced {result.frames_acquired}, in raw record {result.frames_in_raw}, "
         f"seen by fth {gap['processed']}, missing online {gap['missing']}"
     )
+
+
+def test_run_into_an_existing_tiled_server(tiled_server):
+    """--tiled-uri/--api-key: no embedded server; detector files inside the server's readable storage."""
+    console = Console(file=io.StringIO(), width=160)
+    opts = CCIRunOptions(pairs=10, data_dir=tiled_server.data_dir.root, detector_size=128, seed=5,
+                         tiled_uri=tiled_server.uri, api_key=tiled_server.api_key)
+    result = run_cci(opts, console)
+    assert result.exit_status == "success"
+    assert result.tiled_uri == tiled_server.uri
+    c = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+    assert c["raw"][result.uid]["primary"]["ccd_image"].shape == (20, 128, 128)
+    assert c["analysis"][result.uid]["fth"]["sum"].metadata["status"] == "final"
+    assert tiled_server.healthy()  # the user's server is left running
