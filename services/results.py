@@ -125,7 +125,7 @@ class ResultsPublisher:
         dims: list[str],
         metadata: dict[str, Any],
     ) -> bool:
-        """Create or replace the array at ``path``."""
+        """Create the array at ``path`` (once; a second write to the same path fails and is counted)."""
         return self._submit(_Op("write_array", path, np.ascontiguousarray(array), metadata, dims))
 
     def append_table(
@@ -222,24 +222,29 @@ class ResultsPublisher:
 
     def _container(self, path: tuple[str, ...]):
         """Client of the container ``analysis/<path>``, created on demand and cached."""
-        if path in self._nodes:
-            return self._nodes[path]
-        parent = self._container(path[:-1]) if path else None
-        node = ensure_container(self._root(), ANALYSIS) if not path else ensure_container(parent, path[-1])
-        self._nodes[path] = node
+        if path not in self._nodes:
+            if path:
+                node = ensure_container(self._container(path[:-1]), path[-1])
+            else:
+                node = ensure_container(self._root(), ANALYSIS)
+            self._nodes[path] = node
+        return self._nodes[path]
+
+    def _existing(self, parent, path: tuple[str, ...]):
+        """Client of the node at ``path`` if it exists (cached), else ``None``."""
+        node = self._nodes.get(path)
+        if node is None and path[-1] in parent:
+            node = self._nodes[path] = parent[path[-1]]
         return node
 
-    def _parent(self, path: tuple[str, ...]):
-        return self._container(path[:-1])
-
     def _apply(self, op: _Op) -> None:
-        parent = self._parent(op.path)
-        key = op.path[-1]
         if op.kind == "metadata":
-            node = self._container(op.path)
-            node.update_metadata(metadata=op.metadata)
-        elif op.kind == "write_array":
-            if op.path in self._nodes or key in parent:
+            self._container(op.path).update_metadata(metadata=op.metadata)
+            return
+        parent = self._container(op.path[:-1])
+        key = op.path[-1]
+        if op.kind == "write_array":
+            if self._existing(parent, op.path) is not None:
                 raise RuntimeError(f"analysis/{'/'.join(op.path)} exists; results are written once")
             self._nodes[op.path] = parent.write_array(
                 op.payload, key=key, metadata=op.metadata, dims=op.dims
@@ -253,15 +258,13 @@ class ResultsPublisher:
 
     def _extend(self, parent, key: str, op: _Op) -> None:
         rows = op.payload
-        node = self._nodes.get(op.path)
-        if node is None and key not in parent:
+        node = self._existing(parent, op.path)
+        if node is None:
             self._nodes[op.path] = parent.write_array(
                 rows, key=key, metadata=op.metadata or {}, dims=op.dims
             )
             self._lengths[op.path] = rows.shape[0]
             return
-        if node is None:
-            node = self._nodes[op.path] = parent[key]
         offset = self._lengths.get(op.path)
         if offset is None:  # a restarted publisher continues after what is there
             offset = node.shape[0]
@@ -274,12 +277,11 @@ class ResultsPublisher:
         import pyarrow as pa
 
         table = pa.table({k: np.asarray(v) for k, v in op.payload.items()})
-        node = self._nodes.get(op.path)
-        if node is None and key not in parent:
-            node = parent.create_appendable_table(table.schema, key=key, metadata=op.metadata or {})
-        else:
-            node = node if node is not None else parent[key]
-            if op.metadata:
-                node.update_metadata(metadata=op.metadata)
-        self._nodes[op.path] = node
+        node = self._existing(parent, op.path)
+        if node is None:
+            node = self._nodes[op.path] = parent.create_appendable_table(
+                table.schema, key=key, metadata=op.metadata or {}
+            )
+        elif op.metadata:
+            node.update_metadata(metadata=op.metadata)
         node.append_partition(0, table)

@@ -217,8 +217,9 @@ def run_cci(
                     session.wait_workers_done(monitor.uid, timeout=30)
                 live.update(render())
         result_uid = monitor.uid
-        if result_uid and monitor.frames:
+        if result_uid:
             gaps = session.mark_dead_workers(result_uid, monitor.frames)
+        if result_uid and monitor.frames:  # an aborted run may have no primary stream yet
             try:
                 frames_in_raw = session.raw_frame_count(result_uid, ccd.image_key)
             except Exception as exc:  # noqa: BLE001

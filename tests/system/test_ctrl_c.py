@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from speckleflow.services.processes import wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
@@ -27,15 +28,6 @@ def _processes_mentioning(text: str) -> list[int]:
         if text in cmdline or text.encode() in env:
             pids.append(int(entry.name))
     return pids
-
-
-def _poll(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)  # polling interval of a wait with a timeout, not a synchronisation sleep
-    raise TimeoutError(what)
 
 
 def _frames_written(detector: Path) -> int:
@@ -61,7 +53,7 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
     )
     try:
         detector = data_dir / "detector"
-        _poll(lambda: _frames_written(detector) >= 20, 180, "20 frames in the detector file")
+        wait_until(lambda: _frames_written(detector) >= 20, 180, what="20 frames in the detector file")
         children = [p for p in _processes_mentioning(str(data_dir)) if p != proc.pid]
         assert children, "expected Tiled, proxy and worker processes"
         proc.send_signal(signal.SIGINT)
@@ -75,6 +67,6 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
     in_raw = int(out.split("frames in the raw record (Tiled)")[-1].split()[1].strip("│ "))
     assert acquired >= 20 and in_raw == acquired, (acquired, in_raw)
     assert proc.returncode != 0
-    _poll(lambda: not [p for p in children if Path(f"/proc/{p}").exists()
+    wait_until(lambda: not [p for p in children if Path(f"/proc/{p}").exists()
                        and "zombie" not in (Path(f"/proc/{p}/status").read_text().lower())],
-          30, f"children {children} to exit")
+               30, what=f"children {children} to exit")
