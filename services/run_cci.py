@@ -260,6 +260,7 @@ def _serve_until_interrupted(session: LiveSession, console: Console) -> None:
 
 def print_summary(result: RunResult, console: Console, data_dir: Path) -> None:
     """The end-of-run summary: where everything is and what each worker saw."""
+    console.print()  # the live display ends without a newline after its caption
     table = Table(title=f"run {result.uid}  —  exit status: {result.exit_status}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
