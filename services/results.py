@@ -239,7 +239,8 @@ class ResultsPublisher:
 
     def _apply(self, op: _Op) -> None:
         if op.kind == "metadata":
-            self._container(op.path).update_metadata(metadata=op.metadata)
+            # No revision history: live nodes are re-described twice a second.
+            self._container(op.path).update_metadata(metadata=op.metadata, drop_revision=True)
             return
         parent = self._container(op.path[:-1])
         key = op.path[-1]
@@ -271,7 +272,7 @@ class ResultsPublisher:
         node.patch(rows, offset=(offset,), extend=True)
         self._lengths[op.path] = offset + rows.shape[0]
         if op.metadata:
-            node.update_metadata(metadata=op.metadata)
+            node.update_metadata(metadata=op.metadata, drop_revision=True)
 
     def _append_table(self, parent, key: str, op: _Op) -> None:
         import pyarrow as pa
@@ -283,5 +284,5 @@ class ResultsPublisher:
                 table.schema, key=key, metadata=op.metadata or {}
             )
         elif op.metadata:
-            node.update_metadata(metadata=op.metadata)
+            node.update_metadata(metadata=op.metadata, drop_revision=True)
         node.append_partition(0, table)

@@ -39,7 +39,7 @@ class CCIRunOptions:
     tiled_uri: str | None = None
     api_key: str | None = None
     keep_serving: bool = False
-    workers: tuple[str, ...] = ("fth",)
+    workers: tuple[str, ...] = ("fth", "cci")
     host: str = "127.0.0.1"
 
     def validate(self) -> None:
@@ -110,11 +110,26 @@ def _status_table(session: LiveSession, monitor: _RunMonitor) -> Table:
             str(sum(s.get("dropped", {}).values())),
             f"{s.get('lag_s', 0):.3f}",
             f"{results.get('written', 0)} written, {results.get('pending', 0)} pending",
-            ", ".join(f"{k}={v}" for k, v in unit.items()),
+            ", ".join(_brief(k, v) for k, v in unit.items()),
         )
     truth = "—" if monitor.truth_state is None else str(monitor.truth_state)
-    table.caption = f"sample state (simulator truth): {truth}"
+    cci = session.workers.get("cci")
+    online = ""
+    if cci is not None and cci.status.get("unit", {}).get("n_templates"):
+        u = cci.status["unit"]
+        current = u.get("current_state", -1)
+        online = (
+            f"online estimate: {'unassigned' if current < 0 else f'state {current}'} "
+            f"of {u['n_templates']} found (own numbering) · "
+        )
+    table.caption = f"{online}simulator truth: state {truth}"
     return table
+
+
+def _brief(key: str, value: Any) -> str:
+    if isinstance(value, dict):  # e.g. latency_ms {p50, p99, max}
+        return f"{key} p99={value.get('p99', '—')}" if value else f"{key} —"
+    return f"{key}={value}"
 
 
 def run_cci(
@@ -283,7 +298,7 @@ def print_summary(result: RunResult, console: Console, data_dir: Path) -> None:
         console.print(
             f"Tiled: {result.tiled_uri}\n"
             f"  raw run:   raw/{result.uid}\n"
-            f"  results:   analysis/{result.uid}/fth/preview\n"
+            f"  results:   analysis/{result.uid}/fth/preview, analysis/{result.uid}/cci/assignments\n"
             f"  read it:   from tiled.client import from_uri; "
             f"c = from_uri('{result.tiled_uri}', api_key=open('{data_dir / '.api_key'}').read())"
         )

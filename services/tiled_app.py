@@ -1,6 +1,6 @@
 """Serve a persistent, writable Tiled catalog; the process the embedded server runs.
 
-Equivalent to ``tiled serve catalog DB --init -w FILES -w duckdb:///TABULAR -r DETECTOR``
+Equivalent to ``tiled serve catalog DB --init -w FILES -w sqlite:///TABULAR -r DETECTOR``
 but the single-user API key comes from the environment variable
 ``SPECKLEFLOW_TILED_API_KEY`` and is never printed (``tiled serve`` prints it, and a
 key on the command line is visible to every user of the machine in ``ps``).
@@ -16,6 +16,43 @@ import sys
 from pathlib import Path
 
 KEY_ENV = "SPECKLEFLOW_TILED_API_KEY"
+
+#: How long a table write waits for another writer's SQLite lock, ms.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _wait_for_sqlite_locks() -> None:
+    """Give every pooled SQLite table-storage connection a busy timeout.
+
+    Tiled's embedded SQL storage opens its SQLite connections without one, so a table
+    append that meets another writer's lock fails at once ("database is locked", HTTP
+    500) — and TiledWriter's retry of a failed append may duplicate rows of the raw
+    run. With a busy timeout, concurrent appends (TiledWriter and the online workers)
+    queue instead.
+    """
+    import functools
+
+    import sqlalchemy
+    from tiled.storage import SQLStorage
+
+    original = SQLStorage.__dict__["_connection_pool"].func
+
+    def set_busy_timeout(dbapi_connection, connection_record) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    def pool_with_timeout(self):
+        pool = original(self)
+        if self.dialect == "sqlite":
+            sqlalchemy.event.listen(pool, "connect", set_busy_timeout)
+        return pool
+
+    patched = functools.cached_property(pool_with_timeout)
+    patched.__set_name__(SQLStorage, "_connection_pool")
+    SQLStorage._connection_pool = patched
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import uvicorn
+
+    _wait_for_sqlite_locks()
     from tiled.catalog import from_uri
     from tiled.config import Authentication
     from tiled.server.app import build_app
@@ -42,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     readable = [d / "detector", *(p.resolve() for p in args.read)]
     tree = from_uri(
         f"sqlite:///{d / 'catalog.db'}",
-        writable_storage=[str(d / "files"), f"duckdb:///{d / 'tabular.duckdb'}"],
+        writable_storage=[str(d / "files"), f"sqlite:///{d / 'tabular.sqlite'}"],
         readable_storage=[str(p) for p in readable],
         init_if_not_exists=True,
     )

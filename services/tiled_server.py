@@ -4,7 +4,10 @@ Layout of a data directory (``--data-dir``)::
 
     DIR/catalog.db        SQLite catalog (metadata, structure, data-source registry)
     DIR/files/            array/zarr storage Tiled writes into
-    DIR/tabular.duckdb    table storage (appendable tables)
+    DIR/tabular.sqlite    table storage (appendable tables; SQLite, not DuckDB: Tiled
+                          shares one DuckDB connection between request threads, and
+                          concurrent appends (TiledWriter + two workers) then fail
+                          with "cannot commit - no transaction is active")
     DIR/detector/         detector HDF5 files, registered read-only (``-r``)
     DIR/backup/           TiledWriter's JSON-lines backup of runs it could not write
     DIR/logs/             one log file per child process
@@ -51,7 +54,7 @@ class DataDirectory:
 
     @property
     def tabular(self) -> Path:
-        return self.root / "tabular.duckdb"
+        return self.root / "tabular.sqlite"
 
     @property
     def detector(self) -> Path:

@@ -26,6 +26,7 @@ app.add_typer(run_app, name="run")
 
 class WorkerKind(str, Enum):
     fth = "fth"
+    cci = "cci"
 
 
 DataDirOpt = Annotated[
@@ -102,12 +103,15 @@ def run_cci_command(
 
 @app.command("worker")
 def worker_command(
-    kind: Annotated[WorkerKind, typer.Argument(help="Which online worker: fth (FTH preview).")],
+    kind: Annotated[
+        WorkerKind,
+        typer.Argument(help="Which online worker: fth (FTH preview) or cci (online CCI state assignment)."),
+    ],
     bus: Annotated[str, typer.Option(help="The proxy's XPUB endpoint to subscribe to, e.g. tcp://127.0.0.1:5568.")],
     tiled_uri: Annotated[str, typer.Option(envvar="SPECKLEFLOW_TILED_URI", help="Tiled server for results.")],
     status: Annotated[str | None, typer.Option(help="Orchestrator's PULL endpoint for status reports.")] = None,
     n_rolling: Annotated[int, typer.Option(help="fth: pairs in the rolling preview sum.")] = 20,
-    rate: Annotated[float, typer.Option(help="fth: maximum preview updates per second (Hz).")] = 2.0,
+    rate: Annotated[float, typer.Option(help="Maximum result updates per second (Hz).")] = 2.0,
 ) -> None:
     """One online worker process (what `speckleflow run` starts and compose.yaml runs).
 
@@ -119,11 +123,17 @@ def worker_command(
 
     from speckleflow.services.results import ResultsPublisher
     from speckleflow.services.workers.base import Worker
-    from speckleflow.services.workers.fth_worker import FTHPreviewUnit
 
     api_key = os.environ.get("SPECKLEFLOW_API_KEY")
     results = ResultsPublisher(lambda: from_uri(tiled_uri, api_key=api_key))
-    unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate)
+    if kind is WorkerKind.cci:
+        from speckleflow.services.workers.cci_worker import CCIAssignmentUnit
+
+        unit = CCIAssignmentUnit(results, rate_hz=rate)
+    else:
+        from speckleflow.services.workers.fth_worker import FTHPreviewUnit
+
+        unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate)
     worker = Worker(unit, bus, status_address=status, results=results)
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())
