@@ -61,6 +61,8 @@ def test_online_assignments_land_in_tiled_and_match_truth(tmp_path):
         # Measured 0.93 on this short run (the 3 000-pair accuracy test is in
         # tests/unit/test_cci_online.py); this checks the plumbing keeps the labels.
         assert agreement >= 0.9, agreement
-        assert md["latency_ms"]["p99"] < 50, md["latency_ms"]
+        # Latency is reported (its budget is checked by bench/bench_cci_online.py, not
+        # by a timed test on a shared machine).
+        assert set(md["latency_ms"]) == {"p50", "p99", "max"}
     finally:
         server.stop()
