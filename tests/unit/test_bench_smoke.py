@@ -30,3 +30,34 @@ def test_streaming_benchmark_quick_prints_a_table() -> None:
     rows = [line for line in lines if line.startswith(("PUSH/PULL", "PUB/SUB"))]
     assert len(rows) == 6  # 3 patterns × 2 payloads over ipc
     assert "256×128 ×64" in completed.stdout
+
+
+CCI_BENCH = BENCH.parent / "bench_cci.py"
+
+
+@pytest.mark.timeout(60)
+def test_cci_benchmark_quick_prints_a_table() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(CCI_BENCH), "--quick", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("step"))
+    for column in ("time s", "peak RSS GB"):
+        assert column in header
+    for step in (
+        "baseline X @ X.T",
+        "correlation",
+        "linkage",
+        "modes",
+        "misassignment",
+        "assignment",
+        "total",
+    ):
+        assert any(line.startswith(step) for line in lines), step
+    assert "× baseline" in completed.stdout
+    assert any(line.startswith("goals:") for line in lines)
