@@ -25,7 +25,6 @@ import argparse
 import time
 
 import numpy as np
-
 from speckleflow.devices.sample import MagneticSample
 from speckleflow.services.cci.features import feature_mask, pair_features
 from speckleflow.services.cci.online import IncrementalAssigner

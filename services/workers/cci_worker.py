@@ -21,7 +21,6 @@ in the worker status (``latency_ms`` p50 / p99 / max).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -31,8 +30,8 @@ from ..cci.features import FeatureMask, feature_mask, pair_features
 from ..cci.online import Assignment, IncrementalAssigner
 from ..layout import provenance
 from ..results import ResultsPublisher
+from .pairing import HelicityPairer
 
-MAX_EARLY_FRAMES = 256
 ALGORITHM = (
     "incremental Pearson template assignment with buffer clustering "
     "(Klose et al., Nature 614, 256 (2023))"
@@ -78,16 +77,15 @@ class CCIAssignmentUnit:
         self.geometry: dict[str, Any] | None = None
         self.mask: FeatureMask | None = None
         self.assigner: IncrementalAssigner | None = None
-        self.pending_plus: tuple[int, np.ndarray] | None = None
+        self.pairer = HelicityPairer(self.detector, self._on_pair)
+        self.arrived = 0.0  # perf_counter() when the current message reached the unit
         self.rows: list[Assignment] = []
         self.current: dict[int, int] = {}  # pair -> current state
         self.latencies_ms: list[float] = []
         self.pairs = 0
-        self.unpaired = 0
         self.published_rows = 0
         self.last_publish = 0.0
         self.last_state = -1
-        self.early: list[Any] = []
 
     # -- OnlineUnit -------------------------------------------------------------------
     def start_run(self, run_uid: str, start: dict[str, Any]) -> None:
@@ -95,46 +93,23 @@ class CCIAssignmentUnit:
         self.run_uid = run_uid
 
     def descriptor(self, doc: dict[str, Any]) -> None:
-        config = doc.get("configuration", {}).get(self.detector, {}).get("data", {})
-        raw = config.get(f"{self.detector}_geometry")
-        if raw:
-            self.geometry = json.loads(raw) if isinstance(raw, str) else dict(raw)
-            self.mask = feature_mask(self.geometry)
+        geometry = self.pairer.geometry_from(doc)
+        if geometry:
+            self.geometry = geometry
+            self.mask = feature_mask(geometry)
             self.assigner = IncrementalAssigner(self.mask.n_pixels, **self.assigner_options)
-            early, self.early = self.early, []
-            for msg in early:
-                self.frames(msg)
+            self.arrived = time.perf_counter()  # replayed pairs are timed from now
+            self.pairer.replay_early()
 
     def frames(self, msg: Any) -> int:
-        if msg.header.stream != self.detector:
-            return 0
-        if self.assigner is None:
-            if sum(m.n for m in self.early) + msg.n > MAX_EARLY_FRAMES:
-                return 0
-            self.early.append(msg)
-            return msg.n
-        arrived = time.perf_counter()
-        used = 0
-        for frame, h, i in zip(msg.frames, msg.per_frame("helicity"), msg.per_frame("frame_index"), strict=True):
-            if int(h) == 1:
-                if self.pending_plus is not None:
-                    self.unpaired += 1
-                self.pending_plus = (int(i), frame)
-                used += 1
-            elif self.pending_plus is not None and self.pending_plus[0] == int(i) - 1:
-                plus = self.pending_plus[1]
-                self.pending_plus = None
-                self._pair(int(i) // 2, plus, frame, float(msg.header.ts), arrived)
-                used += 1
-            else:
-                self.unpaired += 1
-        return used
+        self.arrived = time.perf_counter()
+        return self.pairer.frames(msg)
 
-    def _pair(self, pair: int, plus: np.ndarray, minus: np.ndarray, ts: float, arrived: float) -> None:
+    def _on_pair(self, pair: int, plus: np.ndarray, minus: np.ndarray, msg: Any) -> None:
         assert self.assigner is not None and self.mask is not None
         x = pair_features(plus, minus, self.mask)[0]
-        decisions = self.assigner.add(x, pair, ts)
-        self.latencies_ms.append((time.perf_counter() - arrived) * 1e3)
+        decisions = self.assigner.add(x, pair, float(msg.header.ts))
+        self.latencies_ms.append((time.perf_counter() - self.arrived) * 1e3)
         self.pairs += 1
         self._record(decisions)
         self.last_state = decisions[0].state
@@ -197,7 +172,7 @@ class CCIAssignmentUnit:
         counts = self.assigner.state_counts() if self.assigner else []
         return {
             "pairs": self.pairs,
-            "unpaired": self.unpaired,
+            "unpaired": self.pairer.unpaired,
             "n_templates": len(counts),
             "current_state": self.last_state,
             "unassigned": sum(1 for s in self.current.values() if s < 0),

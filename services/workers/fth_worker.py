@@ -17,7 +17,6 @@ Published under ``analysis/<run uid>/fth/`` (at most ``rate_hz`` updates per sec
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -26,8 +25,8 @@ import numpy as np
 from ..fth.preview import RollingPreview, preview_image
 from ..layout import provenance
 from ..results import ResultsPublisher
+from .pairing import HelicityPairer
 
-MAX_EARLY_FRAMES = 256
 ALGORITHM = "FTH difference-hologram cross-correlation crop (Eisebitt 2004; Battistelli 2024)"
 
 
@@ -71,7 +70,7 @@ class FTHPreviewUnit:
         self.geometry: dict[str, Any] | None = None
         self.rolling: RollingPreview | None = None
         self.total: np.ndarray | None = None
-        self.pending_plus: tuple[int, np.ndarray] | None = None
+        self.pairer = HelicityPairer(self.detector, self._on_pair)
         self.pairs = 0
         self.first_pair: int | None = None
         self.last_pair: int | None = None
@@ -79,10 +78,6 @@ class FTHPreviewUnit:
         self.updates = 0
         self.dirty = False
         self.last_publish = 0.0
-        self.unpaired = 0
-        # A detector publishes its first frame before the RunEngine emits the
-        # descriptor that carries the geometry: keep early frames (bounded) until then.
-        self.early: list[Any] = []
 
     # -- OnlineUnit -------------------------------------------------------------------
     def start_run(self, run_uid: str, start: dict[str, Any]) -> None:
@@ -90,40 +85,17 @@ class FTHPreviewUnit:
         self.run_uid = run_uid
 
     def descriptor(self, doc: dict[str, Any]) -> None:
-        config = doc.get("configuration", {}).get(self.detector, {}).get("data", {})
-        raw = config.get(f"{self.detector}_geometry")
-        if raw:
-            self.geometry = json.loads(raw) if isinstance(raw, str) else dict(raw)
-            self.rolling = RollingPreview(self.geometry, n_pairs=self.n_rolling)
-            early, self.early = self.early, []
-            for msg in early:
-                self.frames(msg)
+        geometry = self.pairer.geometry_from(doc)
+        if geometry:
+            self.geometry = geometry
+            self.rolling = RollingPreview(geometry, n_pairs=self.n_rolling)
+            self.pairer.replay_early()
 
     def frames(self, msg: Any) -> int:
-        if msg.header.stream != self.detector:
-            return 0
-        if self.geometry is None:
-            if sum(m.n for m in self.early) + msg.n > MAX_EARLY_FRAMES:
-                return 0
-            self.early.append(msg)
-            return msg.n  # counted as used: processed once the descriptor arrives
-        helicities = msg.per_frame("helicity")
-        indices = msg.per_frame("frame_index")
-        used = 0
-        for frame, h, i in zip(msg.frames, helicities, indices, strict=True):
-            if int(h) == 1:
-                if self.pending_plus is not None:
-                    self.unpaired += 1
-                self.pending_plus = (int(i), frame)
-                used += 1
-            elif self.pending_plus is not None and self.pending_plus[0] == int(i) - 1:
-                plus = self.pending_plus[1]
-                self.pending_plus = None
-                self._pair(int(i) // 2, plus.astype(np.float64) - frame.astype(np.float64))
-                used += 1
-            else:
-                self.unpaired += 1
-        return used
+        return self.pairer.frames(msg)
+
+    def _on_pair(self, pair: int, plus: np.ndarray, minus: np.ndarray, msg: Any) -> None:
+        self._pair(pair, plus.astype(np.float64) - minus.astype(np.float64))
 
     def _pair(self, pair: int, difference: np.ndarray) -> None:
         assert self.rolling is not None and self.geometry is not None
@@ -203,7 +175,7 @@ class FTHPreviewUnit:
         return {
             "pairs": self.pairs,
             "updates": self.updates,
-            "unpaired": self.unpaired,
+            "unpaired": self.pairer.unpaired,
             "last_pair": self.last_pair,
         }
 
