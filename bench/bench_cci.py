@@ -37,10 +37,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.special import comb
+from benchtable import print_table
+from speckleflow.services.cci.agreement import adjusted_rand_index
 from speckleflow.services.cci.clustering import average_linkage, natural_modes
 from speckleflow.services.cci.correlation import downsampled_matrix, pearson_distance_condensed
 from speckleflow.services.cci.states import (
+    PIPELINE_STEPS,
     assign_frames,
     group_states,
     misassignment_matrix,
@@ -101,19 +103,6 @@ def synthetic_features(
     return X, mode, state_of_mode
 
 
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """ARI of two labelings from their contingency table (Hubert & Arabie 1985)."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(table, (ai, bi), 1)
-    index = comb(table, 2).sum()
-    sa, sb = comb(table.sum(axis=1), 2).sum(), comb(table.sum(axis=0), 2).sum()
-    expected = sa * sb / comb(len(a), 2)
-    top = 0.5 * (sa + sb) - expected
-    return float((index - expected) / top) if top > 0 else 1.0
-
-
 def _peak_rss_gb() -> float:
     """Peak resident set size since the last reset, GB (nan where unavailable)."""
     try:
@@ -155,29 +144,6 @@ class Steps:
 
     def time_of(self, name: str) -> float:
         return next(t for n, t, _, _ in self.rows if n == name)
-
-
-def _print_table(rows: list[list[str]], title: str, plain: bool) -> None:
-    if not plain:
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            plain = True
-    if plain:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-        print(title)
-        print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
-        print("  ".join("-" * w for w in widths))
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        return
-    table = Table(title=title)
-    for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="right" if i in (1, 2) else "left")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,16 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     state, mode, _ = steps.run("assignment", assign)
     steps.run("view", lambda: downsampled_matrix(X, 1024), "1024² block means")
 
-    pipeline = (
-        "correlation",
-        "linkage",
-        "modes",
-        "refine",
-        "misassignment",
-        "states",
-        "assignment",
-        "view",
-    )
+    pipeline = PIPELINE_STEPS
     total = sum(steps.time_of(s) for s in pipeline)
     peak = max(p for name, _, p, _ in steps.rows if name in pipeline)
     ratio = steps.time_of("correlation") / steps.time_of("baseline X @ X.T")
@@ -285,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         f"numpy {np.__version__}; peak RSS per step"
         f"{'' if steps.resettable else ' (not resettable here: running maximum)'})"
     )
-    _print_table(rows, title, args.plain)
+    print_table(HEADERS, rows, title, plain=args.plain, right=(1, 2))
     print(
         f"planted {args.modes} modes in {args.states} states: found {modes.n_modes} modes, "
         f"{int(state_of_mode.max()) + 1} states; ARI (assigned pairs) vs planted modes "

@@ -40,7 +40,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import zmq
-
+from benchtable import print_table
 from speckleflow.streaming import (
     BusPublisher,
     BusReceiver,
@@ -404,29 +404,6 @@ HEADERS = [
 ]
 
 
-def _print_table(rows: list[list[str]], title: str, plain: bool) -> None:
-    if not plain:
-        try:
-            from rich.console import Console
-            from rich.table import Table
-        except ImportError:
-            plain = True
-    if plain:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-        print(title)
-        print("  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True)))
-        print("  ".join("-" * w for w in widths))
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        return
-    table = Table(title=title)
-    for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="right" if 3 <= i <= 6 else "left")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table.
 
@@ -490,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({os.cpu_count()} cores, zmq {zmq.zmq_version()}, pyzmq {zmq.pyzmq_version()}, "
         f"median of {repeats} × {duration:g} s interleaved, {total:.0f} s total)"
     )
-    _print_table(_rows(results), title, args.plain)
+    print_table(HEADERS, _rows(results), title, plain=args.plain, right=range(3, 7))
     print(
         f"goals: ours/raw ≥ {GOAL_RATIO:.0%}; 256×128 batched ≥ {GOAL_BATCHED_FPS:,} frames/s "
         "end to end. HWM per socket = 256 MiB / message size. PUB/SUB: the sender never "

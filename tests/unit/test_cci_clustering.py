@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import pdist, squareform
-from scipy.special import comb
+from speckleflow.services.cci.agreement import adjusted_rand_index, matched_accuracy
 from speckleflow.services.cci.clustering import (
     DEFAULT_Z_THRESHOLD,
     average_linkage,
@@ -56,29 +56,6 @@ def planted(
     labels = np.repeat(np.arange(len(sizes)), sizes)
     noise = unit_rows(rng.standard_normal((labels.size, m)))
     return unit_rows(np.sqrt(r0) * patterns[labels] + np.sqrt(1 - r0) * noise), labels
-
-
-def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
-    """Hubert–Arabie ARI from the contingency table (sklearn is not a dependency)."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(table, (ai, bi), 1)
-    index = comb(table, 2).sum()
-    sa, sb = comb(table.sum(axis=1), 2).sum(), comb(table.sum(axis=0), 2).sum()
-    expected = sa * sb / comb(len(a), 2)
-    top = 0.5 * (sa + sb) - expected
-    return float((index - expected) / top) if top > 0 else 1.0
-
-
-def matched_accuracy(found: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of agreement after the best one-to-one matching of labels (Hungarian)."""
-    _, fi = np.unique(found, return_inverse=True)
-    _, ti = np.unique(truth, return_inverse=True)
-    table = np.zeros((fi.max() + 1, ti.max() + 1))
-    np.add.at(table, (fi, ti), 1)
-    rows, cols = linear_sum_assignment(-table)
-    return float(table[rows, cols].sum() / len(found))
 
 
 def test_adjusted_rand_index_helper() -> None:
