@@ -9,27 +9,32 @@ Each pair enters as a feature vector x (centred, unit norm; :mod:`.features`), s
 product is a Pearson correlation. The assigner keeps a growing set of state templates:
 running Fourier-space sums S_k = Σ x_i of the pairs assigned to state k (the feature *is*
 the normalised difference hologram, i.e. Fourier space). A new pair is scored against
-every normalised template in one matrix product, r_k = x · S_k / |S_k|, and
+every template in one matrix product with the noise-corrected templates u_k =
+S_k / (n_k √ρ_k) (ρ below): c_k = x · u_k estimates the correlation of x with the
+noise-free state pattern whatever the number of members — plain Pearson r with a
+template mean favours big templates, and a state that arrives late would never win
+against its look-alike. The best template k by c_k takes the pair when
 
-* it is **assigned** to the best template k when
-  1. r_k clears the noise floor z_score / √M (a pure-noise unit vector in M dimensions
-     projects onto a fixed direction with standard deviation 1/√M), and
-  2. r_k is not more than ``admit_sigma`` standard deviations below the score a new
-     member of k is expected to have, n ρ / |S_k| (ρ below); the standard deviation is
-     that of the earlier members' residuals, floored at 1/√M (a pair of a state not yet
-     seen, e.g. a sibling differing only locally, scores a few σ low), and
+  1. its Pearson r_k = x · S_k / |S_k| clears the noise floor z_score / √M (a
+     pure-noise unit vector in M dimensions projects onto a fixed direction with
+     standard deviation 1/√M), and
+  2. c_k is not more than ``admit_sigma`` standard deviations below √ρ_k, the value
+     expected for a member, after the centre of the earlier members' residuals (median;
+     spread 1.4826·MAD, floored at |u_k|/√M): a pair of a state not yet seen, e.g. a
+     sibling differing only locally, scores a few σ low, and
   3. the best and runner-up templates are separated by a margin derived from the photon
      statistics: after √(I+ + I−) flattening each pixel carries unit noise, so the
-     score difference r_k − r_l of one pair has noise σ_kl = |t_k − t_l| / √M =
-     √(2 (1 − t_k·t_l) / M); the margin is ``z_margin`` σ_kl;
-* otherwise it waits in an **unassigned buffer**. Every ``discover_every`` new buffer
-  entries, the buffer (≤ ``max_buffer`` pairs, Gram matrix kept incrementally) is
-  clustered — average linkage on the Pearson distance 1 − r, cut at r = ½ ρ̂, where ρ̂ is
-  the typical correlation of two pairs of one state (from the templates, or the buffer
-  itself before there are any) — and every cluster of ≥ ``min_new_state`` pairs becomes
-  a new template, unless its noise-corrected correlation with an existing template
-  exceeds ``merge_threshold`` (then it joins that template). Buffered pairs that fit
-  a template after a discovery are assigned then.
+     difference c_k − c_l of one pair has noise σ_kl = |u_k − u_l| / √M; the margin is
+     ``z_margin`` σ_kl.
+
+Otherwise the pair waits in an **unassigned buffer**. Every ``discover_every`` new
+buffer entries, the buffer (≤ ``max_buffer`` pairs, Gram matrix kept incrementally) is
+clustered — average linkage on the Pearson distance 1 − r, cut at r = ½ ρ̂, where ρ̂ is
+the typical correlation of two pairs of one state (from the templates, or the buffer
+itself before there are any) — and every cluster of ≥ ``min_new_state`` pairs becomes a
+new template, unless its noise-corrected correlation with an existing template exceeds
+``merge_threshold`` (then it joins that template). Buffered pairs that fit a template
+after a discovery are assigned then.
 
 Noise-corrected template correlation (Spearman's disattenuation): for a template of n
 members, |S|² = n + n(n − 1) ρ, so ρ = (|S|² − n) / (n (n − 1)) is the mean pairwise
@@ -122,12 +127,6 @@ class _Template:
             return math.nan
         return float((self.total @ self.total - self.n) / (self.n * (self.n - 1)))
 
-    def expected_score(self) -> float:
-        """Expected Pearson score of a new member: E[x·S]/|S| = n ρ / |S|."""
-        rho = self.rho
-        if not rho > 0:
-            return math.nan
-        return float(self.n * rho / math.sqrt(self.total @ self.total))
 
 
 @dataclass
@@ -235,7 +234,7 @@ class IncrementalAssigner:
         self.split_every = int(split_every)
         self.last_split_test = math.nan
         self.templates: list[_Template] = []
-        self._unit = np.zeros((0, self.n_pixels), np.float32)  # S_k / |S_k|
+        self._norms: list[float] = []  # |S_k|
         self._signal = np.zeros((0, self.n_pixels), np.float32)  # S_k / (n_k √ρ_k)
         self.buffer = _Buffer()
         self._since_discovery = 0
@@ -429,10 +428,9 @@ class IncrementalAssigner:
         self.templates.append(new)
         self._refresh(k)
         self._refresh(len(self.templates) - 1)
-        unit = self._unit[-1]
         return [
-            Assignment(pairs[i], times[i], len(self.templates) - 1, float(feats[i] @ unit),
-                       math.nan, self.n_templates)
+            Assignment(pairs[i], times[i], len(self.templates) - 1,
+                       self._pearson(len(self.templates) - 1, feats[i]), math.nan, self.n_templates)
             for i in np.flatnonzero(b)
         ]
 
@@ -444,9 +442,9 @@ class IncrementalAssigner:
         corrected = self._signal @ x  # x · u_k: correlation with the noise-free state
         order = np.argsort(corrected)[::-1]
         best = int(order[0])
-        raw = self._unit @ x
-        score = float(raw[best])
-        runner = float(raw[order[1]]) if len(order) > 1 else math.nan
+        # Pearson r with the template means, for the record: only the two that matter.
+        score = self._pearson(best, x)
+        runner = self._pearson(int(order[1]), x) if len(order) > 1 else math.nan
         if score < self.z_score * self.noise:
             return -1, score, runner
         tmpl = self.templates[best]
@@ -467,19 +465,26 @@ class IncrementalAssigner:
         tmpl.add(x.astype(np.float64), pair, time)
         self._refresh(state)
 
+    def _pearson(self, state: int, x: np.ndarray) -> float:
+        """Pearson r of feature ``x`` with template ``state``'s mean, S·x / |S|."""
+        return float(self.templates[state].total @ x) / max(self._norms[state], 1e-30)
+
     def _refresh(self, state: int) -> None:
         tmpl = self.templates[state]
         total = tmpl.total
-        unit = (total / max(np.linalg.norm(total), 1e-30)).astype(np.float32)
         rho = tmpl.rho
         # u = S / (n √ρ): x · u estimates the correlation of x with the noise-free state
         # pattern, whatever the number of members (Spearman's disattenuation).
-        signal = (total / (tmpl.n * math.sqrt(rho))).astype(np.float32) if rho > 0 else 0 * unit
-        if state == self._unit.shape[0]:
-            self._unit = np.vstack([self._unit, unit[np.newaxis]])
+        if rho > 0:
+            signal = (total / (tmpl.n * math.sqrt(rho))).astype(np.float32)
+        else:
+            signal = np.zeros(self.n_pixels, np.float32)
+        norm = float(np.linalg.norm(total))
+        if state == len(self._norms):
+            self._norms.append(norm)
             self._signal = np.vstack([self._signal, signal[np.newaxis]])
         else:
-            self._unit[state] = unit
+            self._norms[state] = norm
             self._signal[state] = signal
 
     def _typical_rho(self, gram: np.ndarray) -> float:
