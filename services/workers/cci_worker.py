@@ -138,6 +138,11 @@ class CCIAssignmentUnit:
         self.published_rows += len(rows)
         self.last_publish = now
 
+    @property
+    def unassigned(self) -> int:
+        """Pairs whose current state is −1."""
+        return sum(1 for s in self.current.values() if s < 0)
+
     def summary(self, status: str = "live") -> dict[str, Any]:
         """The live per-state summary (JSON-able), as published in metadata."""
         counts = self.assigner.state_counts() if self.assigner else []
@@ -147,7 +152,7 @@ class CCIAssignmentUnit:
             "n_templates": len(counts),
             "current_state": self.last_state,
             "pairs_total": self.pairs,
-            "unassigned": sum(1 for s in self.current.values() if s < 0),
+            "unassigned": self.unassigned,
         }
 
     def stop_run(self, stop: dict[str, Any]) -> None:
@@ -175,7 +180,7 @@ class CCIAssignmentUnit:
             "unpaired": self.pairer.unpaired,
             "n_templates": len(counts),
             "current_state": self.last_state,
-            "unassigned": sum(1 for s in self.current.values() if s < 0),
+            "unassigned": self.unassigned,
             "latency_ms": self._latency(),
         }
 
