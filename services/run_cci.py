@@ -41,6 +41,8 @@ class CCIRunOptions:
     keep_serving: bool = False
     workers: tuple[str, ...] = ("fth", "cci")
     host: str = "127.0.0.1"
+    process: bool = True
+    scheduler: str | None = "local"
 
     def validate(self) -> None:
         if self.pairs < 1:
@@ -64,6 +66,7 @@ class RunResult:
     tiled_uri: str
     worker_status: dict[str, dict[str, Any]]
     gaps: list[dict[str, Any]]
+    processing: Any = None
 
 
 class _RunMonitor:
@@ -250,11 +253,36 @@ def run_cci(
             gaps=gaps,
         )
         print_summary(result, console, data_dir.root)
+        if opts.process and result.exit_status == "success" and result_uid:
+            result.processing = _process_at_run_end(session, result_uid, opts, console)
         return result
     finally:
         session.stop(keep_tiled=keep)
         if keep and session.tiled is not None:
             _serve_until_interrupted(session, console)
+
+
+def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, console: Console) -> Any:
+    """The full CCI pipeline on the finished run; a failure is reported, not raised."""
+    from .layout import analysis_container, provenance
+    from .process_cci import ALGORITHM, CCIProcessOptions, print_cci_processing, process_cci
+    from .progress import StepProgress
+
+    popts = CCIProcessOptions(scheduler=opts.scheduler)
+    try:
+        with StepProgress(console, "full CCI processing at run end") as progress:
+            out = process_cci(session.client, uid, popts, progress=progress)
+    except Exception as exc:  # noqa: BLE001 — the raw run is safe; say what failed, carry on
+        console.print(f"[red]full CCI processing failed:[/red] {type(exc).__name__}: {exc}")
+        try:
+            node = analysis_container(session.client, uid, "cci")
+            md = provenance(uid, "cci", ALGORITHM, popts.parameters(), status="failed", reason=str(exc))
+            node.update_metadata(metadata={"full_processing": md}, drop_revision=True)
+        except Exception as exc2:  # noqa: BLE001 — Tiled itself may be the problem
+            console.print(f"[red]could not record the failure in Tiled: {exc2}[/red]")
+        return None
+    print_cci_processing(out, session.tiled_uri, console)
+    return out
 
 
 def _serve_until_interrupted(session: LiveSession, console: Console) -> None:

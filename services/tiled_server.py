@@ -19,11 +19,14 @@ child process, bound to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -164,3 +167,42 @@ class EmbeddedTiled:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+
+@contextlib.contextmanager
+def tiled_client(
+    data_dir: str | os.PathLike | None,
+    tiled_uri: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 120.0,
+) -> Iterator[Any]:
+    """A writable Tiled client: the server at ``tiled_uri``, or an embedded one on ``data_dir``.
+
+    With ``tiled_uri`` the server must already run (``api_key`` is its writer key).
+    Otherwise the embedded catalog of ``data_dir`` (as ``speckleflow run`` left it) is
+    served on 127.0.0.1 for the duration of the block and stopped after it.
+
+    Raises
+    ------
+    ValueError
+        If neither is given, or ``data_dir`` holds no catalog.
+    """
+    from tiled.client import from_uri
+
+    if tiled_uri:
+        yield from_uri(tiled_uri, api_key=api_key)
+        return
+    if data_dir is None:
+        raise ValueError("give --tiled-uri or a --data-dir holding an embedded catalog")
+    root = Path(data_dir)
+    if not (root / "catalog.db").is_file():
+        raise ValueError(
+            f"--data-dir {root} holds no Tiled catalog (catalog.db); run `speckleflow run` "
+            f"there first or give --tiled-uri"
+        )
+    directory = DataDirectory.create(root)
+    server = EmbeddedTiled(directory, directory.api_key()).start(timeout=timeout)
+    try:
+        yield from_uri(server.uri, api_key=directory.api_key())
+    finally:
+        server.stop()

@@ -63,6 +63,9 @@ def run_cci_command(
         str | None, typer.Option(envvar="SPECKLEFLOW_API_KEY", help="Writer API key for --tiled-uri.", show_default=False)
     ] = None,
     keep_serving: Annotated[bool, typer.Option(help="Leave the embedded Tiled server up after the run, for clients.")] = False,
+    process: Annotated[
+        bool, typer.Option(help="Run the full CCI pipeline at run end (same as `speckleflow process cci <uid>`).")
+    ] = True,
 ) -> None:
     """Coherent correlation imaging: helicity-pair FTH frames of a hopping magnetic maze.
 
@@ -88,6 +91,7 @@ def run_cci_command(
         tiled_uri=tiled_uri,
         api_key=api_key,
         keep_serving=keep_serving,
+        process=process,
     )
     try:
         result = run_cci(opts, console)
@@ -99,6 +103,88 @@ def run_cci_command(
         raise typer.Exit(1) from exc
     if result.exit_status != "success":
         raise typer.Exit(1 if result.exit_status == "fail" else 130)
+
+
+process_app = typer.Typer(
+    help="Full processing of a run stored in Tiled (results under analysis/<uid>/<technique>).",
+    no_args_is_help=True,
+)
+app.add_typer(process_app, name="process")
+
+
+@process_app.command("cci")
+def process_cci_command(
+    run_uid: Annotated[str, typer.Argument(help="Run uid (raw/<uid>) or a unique prefix of >= 8 characters.")],
+    threshold: Annotated[
+        float, typer.Option(help="Single-frame misassignment rate above which internal modes are one state (0.01 = 1 %).")
+    ] = 0.01,
+    min_mode_size: Annotated[
+        int | None, typer.Option(help="Smallest internal mode, pairs (default: the library's, 5).", show_default=False)
+    ] = None,
+    z_threshold: Annotated[
+        float | None,
+        typer.Option(help="Natural-division criterion: split a tree node when its step is this many standard "
+                     "errors above the noise (default 3.3).", show_default=False),
+    ] = None,
+    reference_filter: Annotated[
+        bool, typer.Option(help="Filter the difference holograms to the Patterson cross terms before correlating.")
+    ] = False,
+    chunk_pairs: Annotated[int, typer.Option(help="Helicity pairs read from Tiled per request (memory bound).", min=1)] = 128,
+    scheduler: Annotated[
+        str,
+        typer.Option(help="Dask for the correlation matrix: 'local' (in-process cluster), a scheduler address "
+                     "tcp://host:port, or 'none'."),
+    ] = "local",
+    figures_dir: Annotated[
+        Path | None, typer.Option(help="Also write the figures as PNG files to DIR/<uid>/.", show_default=False)
+    ] = None,
+    detector: Annotated[str, typer.Option(help="ophyd name of the helicity CCD in the run.")] = "ccd",
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: Annotated[
+        str | None, typer.Option(envvar="SPECKLEFLOW_TILED_URI", help="Use this Tiled server instead of serving --data-dir.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="SPECKLEFLOW_API_KEY", help="Writer API key for --tiled-uri.", show_default=False)
+    ] = None,
+) -> None:
+    """Coherent correlation imaging of a stored run, end to end (Klose et al., Nature 2023).
+
+    Reads the helicity pairs of raw/<uid>, correlates their difference holograms
+    (Pearson), clusters them into internal modes and states (1 % misassignment),
+    averages and reconstructs every state and mode, and analyses the transitions and the
+    pinning landscape. Results replace any earlier processing under analysis/<uid>/cci/
+    (labels, state_images, state_holograms, correlation, linkage, transitions, figures/…);
+    the online worker's `assignments` table stays.
+    """
+    from rich.console import Console
+
+    from speckleflow.services.process_cci import CCIProcessOptions, print_cci_processing, process_cci
+    from speckleflow.services.progress import StepProgress
+    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    opts = CCIProcessOptions(
+        detector=detector,
+        threshold=threshold,
+        min_mode_size=min_mode_size,
+        z_threshold=z_threshold,
+        reference_filter=reference_filter,
+        chunk_pairs=chunk_pairs,
+        scheduler=None if scheduler == "none" else scheduler,
+        figures_dir=figures_dir,
+    )
+    try:
+        opts.validate()
+        with tiled_client(data_dir, tiled_uri, api_key) as client:
+            with StepProgress(console, f"CCI full processing of {run_uid}") as progress:
+                result = process_cci(client, run_uid, opts, progress=progress)
+    except (UnknownRunError, RunContentError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print_cci_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
+
+
 
 
 @app.command("worker")
