@@ -194,7 +194,7 @@ class HelicityCCD(Device):
             return
         try:
             self.publisher.publish_frames(run_uid, self.name, frame, **fields)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.publish_errors += 1
             log.exception("%s: publishing frame %s on the bus failed", self.name, fields)
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from ophyd import Signal
 
 
 class SoftSignal(Signal):
     """An ophyd soft :class:`~ophyd.Signal` whose ``describe()`` carries ``units``.
+
+    An array value is also described with its ``dtype_numpy`` (e.g. ``"<f8"``), so
+    consumers such as TiledWriter store it with its own dtype.
 
     Parameters
     ----------
@@ -25,4 +29,7 @@ class SoftSignal(Signal):
         desc = super().describe()
         if self._units is not None:
             desc[self.name]["units"] = self._units
+        value = self._readback
+        if isinstance(value, np.ndarray):
+            desc[self.name]["dtype_numpy"] = value.dtype.str
         return desc

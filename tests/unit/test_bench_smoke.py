@@ -61,3 +61,24 @@ def test_cci_benchmark_quick_prints_a_table() -> None:
         assert any(line.startswith(step) for line in lines), step
     assert "× baseline" in completed.stdout
     assert any(line.startswith("goals:") for line in lines)
+
+
+CELERITAS_BENCH = BENCH.parent / "bench_celeritas.py"
+
+
+@pytest.mark.timeout(120)
+def test_celeritas_benchmark_quick_prints_a_table() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(CELERITAS_BENCH), "--quick", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("stage"))
+    for column in ("frames/s", "ms/frame", "× camera"):
+        assert column in header
+    stages = {line.split()[0] for line in lines[3:]}
+    assert {"speckle", "poisson", "response", "write", "copy", "camera"} <= stages
