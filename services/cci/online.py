@@ -269,11 +269,14 @@ class IncrementalAssigner:
             return np.zeros((0, self.n_pixels), np.float32)
         return np.stack([t.total / t.n for t in self.templates]).astype(np.float32)
 
-    def add(self, x: np.ndarray, pair: int, time: float) -> list[Assignment]:
+    def add(self, x: np.ndarray, pair: int, time: float, *, discover: bool = True) -> list[Assignment]:
         """Score one pair; return the decisions it caused, in order.
 
         The first decision is the new pair's (state −1 if it waits in the buffer);
         further ones are buffered pairs assigned by a discovery this pair triggered.
+        With ``discover=False`` a due discovery is left to the caller
+        (:attr:`discovery_due`, :meth:`discover`), so that the pair's own decision is
+        not delayed by the clustering of the buffer.
 
         Parameters
         ----------
@@ -283,6 +286,8 @@ class IncrementalAssigner:
             Pair index.
         time : float
             Time stamp, s.
+        discover : bool
+            Run a due discovery before returning.
 
         Raises
         ------
@@ -304,9 +309,14 @@ class IncrementalAssigner:
             self.buffer.keep(np.arange(len(self.buffer)) >= len(self.buffer) - self.max_buffer)
             self.given_up += 1
         self._since_discovery += 1
-        if self._since_discovery >= self.discover_every and len(self.buffer) >= self.min_new_state:
+        if discover and self.discovery_due:
             decisions += self.discover()
         return decisions
+
+    @property
+    def discovery_due(self) -> bool:
+        """``discover_every`` pairs were buffered since the last discovery (and enough wait)."""
+        return self._since_discovery >= self.discover_every and len(self.buffer) >= self.min_new_state
 
     def discover(self) -> list[Assignment]:
         """Cluster the unassigned buffer into new templates; assign what now fits."""

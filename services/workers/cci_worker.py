@@ -15,8 +15,11 @@ Published under ``analysis/<run uid>/cci/`` (at most ``rate_hz`` times per secon
                  live summary ``state_counts`` (pairs per state, by state index),
                  ``n_templates``, ``current_state``, ``pairs_total``, ``unassigned``.
 
-Latency (second frame handed to the unit → decision) is measured per pair and reported
-in the worker status (``latency_ms`` p50 / p99 / max).
+Latency (second frame handed to the unit → the pair's decision) is measured per pair and
+reported in the worker status and the final metadata (``latency_ms`` p50 / p99 / max).
+Clustering the unassigned buffer (``discovery_ms``) runs right after the decision that
+made it due, and the split test (``maintain_ms``) in the idle tick; both are reported
+separately: they delay the *next* pairs (seen as worker lag), not the decision itself.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ class CCIAssignmentUnit:
         self.rows: list[Assignment] = []
         self.current: dict[int, int] = {}  # pair -> current state
         self.latencies_ms: list[float] = []
+        self.discovery_ms: list[float] = []
+        self.maintain_ms: list[float] = []
         self.pairs = 0
         self.published_rows = 0
         self.last_publish = 0.0
@@ -108,11 +113,17 @@ class CCIAssignmentUnit:
     def _on_pair(self, pair: int, plus: np.ndarray, minus: np.ndarray, msg: Any) -> None:
         assert self.assigner is not None and self.mask is not None
         x = pair_features(plus, minus, self.mask)[0]
-        decisions = self.assigner.add(x, pair, float(msg.header.ts))
+        decisions = self.assigner.add(x, pair, float(msg.header.ts), discover=False)
         self.latencies_ms.append((time.perf_counter() - self.arrived) * 1e3)
         self.pairs += 1
         self._record(decisions)
         self.last_state = decisions[0].state
+        if self.assigner.discovery_due:
+            # After the pair's own decision: clustering the buffer re-decides up to
+            # max_buffer pairs and must not count against (or delay) this decision.
+            t0 = time.perf_counter()
+            self._record(self.assigner.discover())
+            self.discovery_ms.append((time.perf_counter() - t0) * 1e3)
 
     def _record(self, decisions: list[Assignment]) -> None:
         self.rows.extend(decisions)
@@ -121,7 +132,9 @@ class CCIAssignmentUnit:
 
     def tick(self, now: float) -> None:
         if self.assigner is not None:
+            t0 = time.perf_counter()
             self._record(self.assigner.maintain())
+            self.maintain_ms.append((time.perf_counter() - t0) * 1e3)
         if self.rows and now - self.last_publish >= self.min_interval:
             self.publish(now)
 
@@ -167,7 +180,7 @@ class CCIAssignmentUnit:
         if self.published_rows:
             self.results.update_metadata(
                 (self.run_uid, "cci", "assignments"),
-                {**self.summary(final), "run_exit_status": exit_status, "latency_ms": self._latency()},
+                {**self.summary(final), "run_exit_status": exit_status, **self._latency()},
             )
         self.results.update_metadata(
             (self.run_uid, "cci"), self._metadata(final, reason=reason, run_exit_status=exit_status)
@@ -181,16 +194,17 @@ class CCIAssignmentUnit:
             "n_templates": len(counts),
             "current_state": self.last_state,
             "unassigned": self.unassigned,
-            "latency_ms": self._latency(),
+            "latency_ms": _percentiles(self.latencies_ms),
         }
 
     # -- helpers ----------------------------------------------------------------------
-    def _latency(self) -> dict[str, float]:
-        if not self.latencies_ms:
-            return {}
-        lat = np.asarray(self.latencies_ms[-2000:])
-        p50, p99 = np.percentile(lat, [50, 99])
-        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(lat.max()), 3)}
+    def _latency(self) -> dict[str, dict[str, float]]:
+        """Decision latency per pair, and the buffer-discovery and split-test times."""
+        return {
+            "latency_ms": _percentiles(self.latencies_ms),
+            "discovery_ms": _percentiles(self.discovery_ms),
+            "maintain_ms": _percentiles(self.maintain_ms),
+        }
 
     def _metadata(self, status: str, *, reason: str | None = None, **extra: Any) -> dict[str, Any]:
         assert self.run_uid is not None
@@ -201,3 +215,12 @@ class CCIAssignmentUnit:
             self.run_uid, "cci", ALGORITHM, params, status=status,  # type: ignore[arg-type]
             reason=reason, pairs_total=self.pairs, **extra,
         )
+
+
+def _percentiles(values_ms: list[float], last: int = 2000) -> dict[str, float]:
+    """p50 / p99 / max of the last ``last`` values (ms); {} when there are none."""
+    if not values_ms:
+        return {}
+    lat = np.asarray(values_ms[-last:])
+    p50, p99 = np.percentile(lat, [50, 99])
+    return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(float(lat.max()), 3)}
