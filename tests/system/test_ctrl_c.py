@@ -70,3 +70,40 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
     wait_until(lambda: not [p for p in children if Path(f"/proc/{p}").exists()
                        and "zombie" not in (Path(f"/proc/{p}/status").read_text().lower())],
                30, what=f"children {children} to exit")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_keep_serving_leaves_tiled_up_for_clients_until_ctrl_c(tmp_path):
+    import re
+
+    import httpx
+    from tiled.client import from_uri
+
+    data_dir = tmp_path / "data"
+    log = tmp_path / "out.txt"
+    env = {**os.environ, "COLUMNS": "250"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "speckleflow.services.cli.main", "run", "cci", "--pairs", "15",
+             "--detector-size", "128", "--data-dir", str(data_dir), "--keep-serving", "--no-process"],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+    try:
+        wait_until(lambda: "Tiled stays up at" in log.read_text() or proc.poll() is not None, 240,
+                   what="the run to end and Tiled to stay up")
+        text = log.read_text()
+        assert proc.poll() is None, text
+        uri = re.search(r"Tiled stays up at (\S+)", text).group(1)
+        uid = re.search(r"raw run:\s+raw/(\S+)", text).group(1)
+        # A client reads the finished run from the server the run left up.
+        c = from_uri(uri, api_key=(data_dir / ".api_key").read_text())
+        assert c["raw"][uid]["primary"]["ccd_image"].shape == (30, 128, 128)
+        assert c["raw"][uid].metadata["stop"]["exit_status"] == "success"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()
+    with pytest.raises(httpx.HTTPError):  # Ctrl-C stopped the server
+        httpx.get(uri, timeout=5)

@@ -20,8 +20,10 @@ def _client(result, data_dir):
 
 def _run(tmp_path, pairs, on_document=None, **kw):
     console = Console(file=io.StringIO(), width=160)
+    # process=False: these tests are about the live path and the raw record; the run-end
+    # CCI pipeline is tested in test_live_cci_assignment.py.
     opts = CCIRunOptions(pairs=pairs, data_dir=tmp_path / "data", detector_size=128, seed=3,
-                         keep_serving=False, **kw)
+                         keep_serving=False, process=False, **kw)
     result = run_cci(opts, console, on_document=on_document)
     return result, console.file.getvalue()
 
@@ -30,8 +32,30 @@ def test_live_run_lands_raw_frames_truth_and_previews(tmp_path):
     from speckleflow.services.tiled_server import DataDirectory, EmbeddedTiled
 
     pairs = 60
-    result, output = _run(tmp_path, pairs)
+    midway: dict = {}
+
+    def read_while_running(session, name, doc):
+        # A Tiled client reads the raw run and the live preview while the run goes on
+        # (TiledWriter writes primary events in batches of 50).
+        if name == "event" and doc.get("seq_num") == 2 * pairs - 10 and not midway:
+            run = session.client["raw"][doc_uid["start"]]
+            midway["stop"] = run.metadata.get("stop")
+            midway["frames"] = run["primary"]["ccd_image"].shape[0]
+            midway["frame_sum"] = int(run["primary"]["ccd_image"][0].sum())
+            midway["fth"] = "fth" in session.client["analysis"][doc_uid["start"]]
+
+    doc_uid: dict = {}
+
+    def on_document(session, name, doc):
+        if name == "start":
+            doc_uid["start"] = doc["uid"]
+        read_while_running(session, name, doc)
+
+    result, output = _run(tmp_path, pairs, on_document=on_document)
     print(output)
+    assert midway["stop"] is None  # read before the run ended
+    assert 50 <= midway["frames"] < 2 * pairs and midway["frame_sum"] > 0
+    assert midway["fth"]
     assert result.exit_status == "success"
     assert result.frames_acquired == 2 * pairs
     assert result.frames_in_raw == 2 * pairs
@@ -106,7 +130,7 @@ def test_run_into_an_existing_tiled_server(tiled_server):
     """--tiled-uri/--api-key: no embedded server; detector files inside the server's readable storage."""
     console = Console(file=io.StringIO(), width=160)
     opts = CCIRunOptions(pairs=10, data_dir=tiled_server.data_dir.root, detector_size=128, seed=5,
-                         tiled_uri=tiled_server.uri, api_key=tiled_server.api_key)
+                         tiled_uri=tiled_server.uri, api_key=tiled_server.api_key, process=False)
     result = run_cci(opts, console)
     assert result.exit_status == "success"
     assert result.tiled_uri == tiled_server.uri

@@ -82,3 +82,29 @@ def test_celeritas_benchmark_quick_prints_a_table() -> None:
         assert column in header
     stages = {line.split()[0] for line in lines[3:]}
     assert {"speckle", "poisson", "response", "write", "copy", "camera"} <= stages
+
+
+PHOTONS_BENCH = BENCH.parent / "bench_cci_photons.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_cci_photons_benchmark_quick_prints_a_table(tmp_path) -> None:
+    plot = tmp_path / "photons.png"
+    completed = subprocess.run(
+        [sys.executable, str(PHOTONS_BENCH), "--quick", "--plain", "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("photons/frame"))
+    for column in ("oracle sibling %", "matched %", "ARI", "online after 20× %", "matched/oracle"):
+        assert column in header
+    rows = [line.split() for line in lines if line.startswith(("1e+04", "2e+05"))]
+    assert len(rows) == 2
+    # More photons, better: the oracle's sibling accuracy rises with flux.
+    assert float(rows[1][2]) > float(rows[0][2])
+    assert plot.stat().st_size > 0
