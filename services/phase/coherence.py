@@ -116,8 +116,9 @@ class CoherenceKernel:
             ratio = np.ones(self.shape)
             good = valid & (model > 0)
             ratio[good] = measured[good] / model[good]
-            corr = scipy.fft.irfft2(scipy.fft.rfft2(ratio, workers=1) * chat_conj, s=self.shape,
-                                    workers=1)
+            corr = scipy.fft.irfft2(
+                scipy.fft.rfft2(ratio, workers=1) * chat_conj, s=self.shape, workers=1
+            )
             k = np.maximum(k * corr / total, 0.0) * self._window
             s = k.sum()
             if not s > 0:

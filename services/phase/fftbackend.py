@@ -9,8 +9,8 @@ them on this machine, one thread each):
   place (pyFFTW, wrapping FFTW 3, single precision);
 * ``"scipy"`` — :func:`scipy.fft.fft2` / :func:`scipy.fft.ifft2` (pocketfft),
   ``workers=1``, ``overwrite_x=True``;
-* ``"numpy"`` — :func:`numpy.fft.fft2` / :func:`numpy.fft.ifft2` with ``out=`` (numpy ≥ 2
-  keeps complex64).
+* ``"numpy"`` — :func:`numpy.fft.fft2` / :func:`numpy.fft.ifft2` (numpy ≥ 2 keeps
+  complex64; a new array per call).
 
 ``"auto"`` takes pyfftw when it imports and scipy otherwise. Conventions are numpy's:
 forward unnormalised, inverse divided by the number of pixels, zero frequency at index
@@ -78,7 +78,8 @@ class FFT2:
     array : ndarray, shape (ny, nx), complex64
         The work array. Write the input into it, call :meth:`forward` or
         :meth:`inverse`, read the result from it. With the scipy backend the attribute
-        is rebound to the transform's output: always read ``fft.array`` after a call.
+        is rebound to the transform's output with the scipy and numpy backends:
+        always read ``fft.array`` after a call.
     backend : str
         The backend in use.
 
@@ -106,12 +107,20 @@ class FFT2:
             flags = ("FFTW_MEASURE", "FFTW_DESTROY_INPUT")
             # Planning with FFTW_MEASURE overwrites the buffer; it is empty here.
             self._fwd = pyfftw.FFTW(
-                self.array, self.array, axes=(0, 1), direction="FFTW_FORWARD",
-                flags=flags, threads=1,
+                self.array,
+                self.array,
+                axes=(0, 1),
+                direction="FFTW_FORWARD",
+                flags=flags,
+                threads=1,
             )
             self._inv = pyfftw.FFTW(
-                self.array, self.array, axes=(0, 1), direction="FFTW_BACKWARD",
-                flags=flags, threads=1,
+                self.array,
+                self.array,
+                axes=(0, 1),
+                direction="FFTW_BACKWARD",
+                flags=flags,
+                threads=1,
             )
             self.array[...] = 0
         else:
@@ -125,8 +134,8 @@ class FFT2:
             import scipy.fft
 
             self.array = scipy.fft.fft2(self.array, workers=1, overwrite_x=True)
-        else:
-            np.fft.fft2(self.array, out=self.array)
+        else:  # numpy's out= may not alias the input of a multi-axis transform
+            self.array = np.fft.fft2(self.array)
 
     def inverse(self) -> None:
         """``array ← ifft2(array)`` (divided by ny·nx)."""
@@ -138,7 +147,7 @@ class FFT2:
 
             self.array = scipy.fft.ifft2(self.array, workers=1, overwrite_x=True)
         else:
-            np.fft.ifft2(self.array, out=self.array)
+            self.array = np.fft.ifft2(self.array)
 
     def inverse_raw(self) -> None:
         """``array ← ny·nx·ifft2(array)``: the inverse without the 1/(ny·nx) factor.
@@ -153,4 +162,4 @@ class FFT2:
 
             self.array = scipy.fft.ifft2(self.array, workers=1, overwrite_x=True, norm="forward")
         else:
-            np.fft.ifft2(self.array, out=self.array, norm="forward")
+            self.array = np.fft.ifft2(self.array, norm="forward")

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from speckleflow.services.fth.preview import _parse_geometry
 
 __all__ = ["PreparedHolograms", "prepare_holograms", "rescale_geometry"]
@@ -257,8 +256,10 @@ def prepare_holograms(
             win = (slice(0, ny), slice(0, nx))
         else:
             c = int(crop)
-            win = (slice(ny // 2 - c // 2, ny // 2 - c // 2 + c),
-                   slice(nx // 2 - c // 2, nx // 2 - c // 2 + c))
+            win = (
+                slice(ny // 2 - c // 2, ny // 2 - c // 2 + c),
+                slice(nx // 2 - c // 2, nx // 2 - c // 2 + c),
+            )
 
         def binned(a: np.ndarray) -> np.ndarray:
             a = a[win]

@@ -109,14 +109,16 @@ def focus_search(
     zs = np.linspace(lo, hi, int(n_steps))
 
     def metric(z: float) -> float:
-        return sharpness(angular_spectrum(exit_wave, z, wavelength_nm=wavelength_nm,
-                                          pixel_size_nm=pixel_size_nm))
+        return sharpness(
+            angular_spectrum(exit_wave, z, wavelength_nm=wavelength_nm, pixel_size_nm=pixel_size_nm)
+        )
 
     values = np.array([metric(z) for z in zs])
     k = int(np.argmax(values))
     step = zs[1] - zs[0]
     a, b = max(lo, zs[k] - step), min(hi, zs[k] + step)
-    res = minimize_scalar(lambda z: -metric(z), bounds=(a, b), method="bounded",
-                          options={"xatol": step / 100})
+    res = minimize_scalar(
+        lambda z: -metric(z), bounds=(a, b), method="bounded", options={"xatol": step / 100}
+    )
     best = float(res.x) if res.success and -res.fun >= values[k] else float(zs[k])
     return best, zs, values

@@ -203,8 +203,9 @@ def frc(
     )
 
 
-def prtf(exit_waves: np.ndarray, intensity: np.ndarray, valid: np.ndarray | None = None
-         ) -> tuple[np.ndarray, np.ndarray]:
+def prtf(
+    exit_waves: np.ndarray, intensity: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Phase-retrieval transfer function over independent random starts.
 
     Parameters
@@ -280,8 +281,9 @@ class KittelFit:
     residual_rms: float
 
 
-def _tanh_model(x: np.ndarray, amplitude: float, x0: float, delta: float, offset: float
-                ) -> np.ndarray:
+def _tanh_model(
+    x: np.ndarray, amplitude: float, x0: float, delta: float, offset: float
+) -> np.ndarray:
     return amplitude * np.tanh((x - x0) / delta) + offset
 
 
@@ -328,7 +330,10 @@ def kittel_fit(x: np.ndarray, mz: np.ndarray) -> KittelFit:
     p0 = [amp0, x0, span / 10, mid]
     try:
         popt, pcov = curve_fit(
-            _tanh_model, xx, yy, p0=p0,
+            _tanh_model,
+            xx,
+            yy,
+            p0=p0,
             bounds=([-np.inf, xx[0], 1e-6 * span, -np.inf], [np.inf, xx[-1], span, np.inf]),
             maxfev=20000,
         )
@@ -370,8 +375,13 @@ def wall_profile(
     if int(width_px) != width_px or width_px < 1:
         raise ValueError(f"width_px must be an int >= 1, got {width_px!r}")
     prof = profile_line(
-        np.asarray(image, dtype=np.float64), start, end, linewidth=int(width_px), order=1,
-        mode="reflect", reduce_func=np.mean,
+        np.asarray(image, dtype=np.float64),
+        start,
+        end,
+        linewidth=int(width_px),
+        order=1,
+        mode="reflect",
+        reduce_func=np.mean,
     )
     length = float(np.hypot(end[0] - start[0], end[1] - start[1]))
     x = np.linspace(0.0, length, prof.size)

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg.blas import caxpy as _caxpy
+from scipy.linalg.blas import cscal as _cscal
 
 from .coherence import CoherenceKernel
 from .fftbackend import FFT2
@@ -121,18 +123,26 @@ class Retriever:
         return (np.abs(self.fft.array) ** 2).astype(np.float32)
 
     def _project_modulus(self) -> tuple[float, float]:
-        """fft.array ← N·F⁻¹... : replace fft.array (= F[x]) by P_M in real space.
+        """Replace ``fft.array`` (= F[x]) by P_M x (real space).
 
-        Returns (E_F, Σ|Ψ'|²) before/after the projection.
+        Returns E_F of F[x] and Σ|Ψ'|² of the projected Fourier array.
         """
         f = self.fft.array
         a = self._abs
         t = self._tmp
         np.abs(f, out=a)
         if self.coherence is None:
-            np.subtract(a, self.amp, out=t)
-            t.ravel()[self._invalid] = 0.0
-            err2 = float(np.dot(t.ravel(), t.ravel()))
+            # Σ_valid (|Ψ| − A)² = Σ|Ψ|² − Σ_invalid |Ψ|² − 2 Σ |Ψ|·A + Σ A² (A = 0 where
+            # invalid): two BLAS dot products instead of a difference array
+            inv = a.ravel()[self._invalid]
+            fr = f.ravel()
+            err2 = (
+                float(np.vdot(fr, fr).real)
+                - float(np.dot(inv, inv))
+                - 2.0 * float(np.dot(a.ravel(), self.amp.ravel()))
+                + self._sum_meas
+            )
+            err2 = max(err2, 0.0)
             np.maximum(a, _TINY, out=t)
             np.divide(self._amp_n, t, out=t)
         else:
@@ -198,7 +208,9 @@ class Retriever:
         for i in range(n):
             if self.coherence is not None and coherence_every and i and i % coherence_every == 0:
                 self.coherence.update(
-                    self.coherent_intensity(), self.measured, self.valid,
+                    self.coherent_intensity(),
+                    self.measured,
+                    self.valid,
                     coherence_rl_iterations,
                 )
             if shrink_wrap is not None and shrink_wrap_every and i and i % shrink_wrap_every == 0:
@@ -213,11 +225,11 @@ class Retriever:
             e_s = float(np.sqrt(max(0.0, 1.0 - inside / power))) if power > 0 else 0.0
             if algorithm == "RAAR":
                 bt = b0 + (b1 - b0) * (i / max(n - 1, 1))
-                x *= np.float32(bt)
-                mm = self.fft.array
-                mm *= np.float32(1.0 - 2.0 * bt)
-                x += mm
-                x.ravel()[s_idx] = ms
+                # x ← β·x + (1 − 2β)·P_M x (BLAS scal + axpy, in place), then P_M x on S
+                xr = x.ravel()
+                _cscal(np.complex64(bt), xr)
+                _caxpy(self.fft.array.ravel(), xr, a=np.complex64(1.0 - 2.0 * bt))
+                xr[s_idx] = ms
             else:
                 x[...] = 0
                 x.ravel()[s_idx] = ms
