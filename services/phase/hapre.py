@@ -6,7 +6,9 @@ Pipeline (Battistelli et al., Optica 11, 234 (2024)):
 2. :func:`.support.support_from_hologram` — support from the FTH reconstruction of
    I_+ + I_−, optionally refined by shrink-wrap during the + retrieval;
 3. + helicity: RAAR (Luke 2005) then ER, measured moduli on the valid pixels, free
-   moduli behind the beamstop (:class:`.retrieval.Retriever`);
+   moduli behind the beamstop (:class:`.retrieval.Retriever`); between the two the
+   loose FTH support is cut to where |φ_+| is at least ``amplitude_threshold`` × its
+   median (``tighten_support``);
 4. − helicity: RAAR then ER on the final + support. The paper seeds it with the +
    exit wave (``minus_seed="plus"``, with ``n_raar_minus=0`` its ER-only recipe). On
    the simulator that seed keeps the − wave near the + one in the low-q modes the

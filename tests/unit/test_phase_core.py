@@ -222,7 +222,7 @@ def test_prtf_of_random_starts_is_high(maze_mz: list[np.ndarray]) -> None:
         ).exit_wave_plus
         for s in range(3)
     ]
-    f, curve = prtf(np.asarray(waves), ip, GEO.shape and prepare_holograms(ip, im, CFG).valid)
+    f, curve = prtf(np.asarray(waves), ip, prepare_holograms(ip, im, CFG).valid)
     band = (f > 0.02) & (f < 0.4)
     assert np.nanmean(curve[band]) > 0.9
 
@@ -262,3 +262,16 @@ def test_figures_render_rgba(tmp_path: Path, maze_mz: list[np.ndarray]) -> None:
     )
     with pytest.raises(ValueError, match="support is empty"):
         mz_figure(res.mz, np.zeros_like(res.mz_support))
+
+
+def test_shrink_wrap_and_refocusing_keep_the_image(maze_mz: list[np.ndarray]) -> None:
+    ip, im = hologram(GEO, maze_mz[0], 1), hologram(GEO, maze_mz[0], -1)
+    for params in (
+        PhaseParams(shrink_wrap_every=100),
+        PhaseParams(focus_range_nm=(-20_000.0, 20_000.0), wavelength_nm=1.59, pixel_size_nm=15.0),
+    ):
+        res = retrieve_state(ip, im, CFG, params=params)
+        s = res.mz_support
+        assert _corr(res.mz[s], maze_mz[0][s]) >= 0.99  # measured 0.999, 0.998
+        if params.focus_range_nm is not None:
+            assert res.focus_nm == pytest.approx(0.0, abs=1_000.0)  # the simulator is in focus
