@@ -108,3 +108,27 @@ def test_cci_photons_benchmark_quick_prints_a_table(tmp_path) -> None:
     # More photons, better: the oracle's sibling accuracy rises with flux.
     assert float(rows[1][2]) > float(rows[0][2])
     assert plot.stat().st_size > 0
+
+
+PHASE_BENCH = BENCH.parent / "bench_phase.py"
+
+
+@pytest.mark.timeout(90)
+def test_phase_benchmark_quick_prints_a_table() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(PHASE_BENCH), "--quick", "--plain", "--iterations", "5"],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("grid"))
+    for column in ("backend", "2 FFTs ms", "it/s", "iteration / 2 FFTs"):
+        assert column in header
+    rows = [line for line in lines if line.startswith(("256²", "512²"))]
+    assert {r.split()[1] for r in rows} >= {"scipy", "numpy"}
+    assert len(rows) % 2 == 0 and len(rows) >= 4
+    assert any(line.startswith("goals:") for line in lines)
+    assert "projected 32 states × 1000 iterations" in completed.stdout
