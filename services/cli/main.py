@@ -38,6 +38,15 @@ DataDirOpt = Annotated[
     ),
 ]
 
+TiledUriOpt = Annotated[
+    str | None,
+    typer.Option(envvar="SPECKLEFLOW_TILED_URI", help="Use this Tiled server instead of the embedded one."),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(envvar="SPECKLEFLOW_API_KEY", help="Writer API key for --tiled-uri.", show_default=False),
+]
+
 
 @run_app.command("cci")
 def run_cci_command(
@@ -56,12 +65,8 @@ def run_cci_command(
     temperature: Annotated[float, typer.Option(help="Sample temperature, K (raises every hopping rate).")] = 300.0,
     seed: Annotated[int, typer.Option(help="Seed of the sample model, dynamics and photon noise (reproducible runs).")] = 0,
     data_dir: DataDirOpt = Path("speckleflow-data"),
-    tiled_uri: Annotated[
-        str | None, typer.Option(envvar="SPECKLEFLOW_TILED_URI", help="Use this Tiled server instead of the embedded one.")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="SPECKLEFLOW_API_KEY", help="Writer API key for --tiled-uri.", show_default=False)
-    ] = None,
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
     keep_serving: Annotated[bool, typer.Option(help="Leave the embedded Tiled server up after the run, for clients.")] = False,
     process: Annotated[
         bool, typer.Option(help="Run the full CCI pipeline at run end (same as `speckleflow process cci <uid>`).")
@@ -140,12 +145,8 @@ def process_cci_command(
     ] = None,
     detector: Annotated[str, typer.Option(help="ophyd name of the helicity CCD in the run.")] = "ccd",
     data_dir: DataDirOpt = Path("speckleflow-data"),
-    tiled_uri: Annotated[
-        str | None, typer.Option(envvar="SPECKLEFLOW_TILED_URI", help="Use this Tiled server instead of serving --data-dir.")
-    ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="SPECKLEFLOW_API_KEY", help="Writer API key for --tiled-uri.", show_default=False)
-    ] = None,
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Coherent correlation imaging of a stored run, end to end (Klose et al., Nature 2023).
 
