@@ -72,8 +72,8 @@ def test_domain_size_of_the_model_voronoi_domains():
     lag = np.arange(-d.fit_radius, d.fit_radius + 1) * truth.scan_step_nm
     ly, lx = np.meshgrid(lag, lag, indexing="ij")
     expected_c = np.interp(np.hypot(ly, lx), radii, same)
-    g = lambda yx, a, sg, b: a * np.exp(-0.5 * (yx[0] ** 2 + yx[1] ** 2) / sg**2) + b  # noqa: E731
-    (a, sg, b), _ = optimize.curve_fit(g, (ly.ravel(), lx.ravel()), expected_c.ravel(), p0=(1, half / 3, 0))
+    g = lambda yx, a, sg, b: a * np.exp(-0.5 * (yx[0] ** 2 + yx[1] ** 2) / sg**2) + b
+    (_a, sg, _b), _ = optimize.curve_fit(g, (ly.ravel(), lx.ravel()), expected_c.ravel(), p0=(1, half / 3, 0))
     expected = FWHM * sg
     print(f"ξ_τ {d.fwhm_nm:.3f} ± {d.fwhm_err_nm:.3f} nm, expected {expected:.3f} nm, domain size 3 nm")
     assert d.fwhm_nm == pytest.approx(expected, rel=0.10)
