@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
@@ -80,6 +81,15 @@ class PolarBinning:
         """Label map of the k_r bins only (k_φ merged), shape (det_ny, det_nx), int32, −1 outside."""
         return np.where(self.labels >= 0, self.labels // self.n_phi, -1).astype(np.int32)
 
+    @cached_property
+    def _segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Strip pixels sorted by bin, start of each non-empty bin, the non-empty bins."""
+        flat = self.labels.ravel()
+        order = np.argsort(flat, kind="stable")
+        order = order[flat[order] >= 0]
+        nonempty, starts = np.unique(flat[order], return_index=True)
+        return order, starts, nonempty
+
     def bin(self, frames: np.ndarray) -> np.ndarray:
         """Sum the counts of each bin.
 
@@ -103,12 +113,14 @@ class PolarBinning:
             raise ValueError(f"frames must end with the camera shape {self.labels.shape}, got {frames.shape}")
         lead = frames.shape[:-2]
         flat = frames.reshape(-1, self.labels.size)
-        if np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_:
-            flat = flat.astype(np.int64, copy=False)
-        else:
-            flat = flat.astype(np.float64, copy=False)
-        out = (self.matrix.T @ flat.T).T
-        return np.asarray(out).reshape(*lead, self.n_r, self.n_phi)
+        dtype = np.int64 if np.issubdtype(flat.dtype, np.integer) or flat.dtype == np.bool_ else np.float64
+        # Gather the strip pixels sorted by bin, then one segmented sum per bin: touches
+        # only the strip (a sparse product over the whole camera is ~15× slower).
+        order, starts, nonempty = self._segments
+        out = np.zeros((flat.shape[0], self.n_r * self.n_phi), dtype)
+        if order.size:
+            out[:, nonempty] = np.add.reduceat(flat[:, order].astype(dtype, copy=False), starts, axis=1)
+        return out.reshape(*lead, self.n_r, self.n_phi)
 
     def mean(self, frames: np.ndarray) -> np.ndarray:
         """Mean counts per pixel of each bin (``bin`` / ``pixels``; NaN for empty bins), float64."""
