@@ -6,8 +6,9 @@ onto a polar grid (e.g. :func:`skimage.transform.warp_polar`) mixes neighbouring
 with fractional weights and breaks Poisson statistics (g2's shot-noise term). Here each
 camera pixel belongs wholly to one bin, decided by the k_r and k_φ of its centre; a bin
 is the exact sum of its pixels' counts. The pixel → bin assignment is precomputed once
-as a label map (−1 outside the strip) and a sparse (pixels × bins) 0/1 matrix, so the
-binning of a batch is one sparse product and counts are conserved exactly.
+as a label map (−1 outside the strip; also as a sparse pixels × bins 0/1 matrix for
+consumers); a batch is binned by gathering the strip pixels sorted by bin and one
+segmented sum (``np.add.reduceat``), so counts are conserved exactly.
 
 Averaging many pixels of a bin in k_φ improves the g2 statistics but only while the
 pixels see the same speckle dynamics: a bin should not be wider in k_φ than the probe
