@@ -132,3 +132,25 @@ def test_phase_benchmark_quick_prints_a_table() -> None:
     assert len(rows) % 2 == 0 and len(rows) >= 4
     assert any(line.startswith("goals:") for line in lines)
     assert "projected 32 states × 1000 iterations" in completed.stdout
+
+
+ECM_BENCH = BENCH.parent / "bench_ecm.py"
+
+
+@pytest.mark.timeout(90)
+def test_ecm_benchmark_quick_prints_a_table() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(ECM_BENCH), "--quick", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("stage"))
+    for column in ("frames/s", "ms/frame", "× copy"):
+        assert column in header
+    for stage in ("copy (baseline)", "virtual (ours)", "virtual (masks)", "polar (ours)",
+                  "polar (bincount)", "warp_polar (reference)"):
+        assert any(line.startswith(stage) for line in lines), stage

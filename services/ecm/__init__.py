@@ -1,0 +1,1 @@
+"""k-resolved electron correlation microscopy (Huang & Voyles, 5D-STEM): pure algorithms."""
