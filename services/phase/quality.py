@@ -83,8 +83,9 @@ class FRCResult:
     threshold : ndarray, shape (k,), float64
         1/2-bit threshold per ring.
     crossing_frequency : float
-        First frequency (cycles/px, linear interpolation, rings k >= 1) where FRC <
-        threshold; 0.5 (Nyquist) if it never drops below.
+        First frequency (cycles/px, linear interpolation) where FRC drops below the
+        threshold after having been above it (rings k >= 1); 0.5 (Nyquist) if it never
+        drops below; half the first ring's frequency if it is never above.
     resolution_px : float
         Half-period resolution 1 / (2·crossing_frequency), px.
     resolution_nm : float or None
@@ -183,10 +184,19 @@ def frc(
     thr = half_bit_threshold(counts)
     n = min(a.shape)
     freq = np.arange(kmax + 1) / n
+    # The lowest rings carry the aperture's edge and what the beamstop hid; the crossing
+    # that sets the resolution is the first drop below the threshold *after* the FRC
+    # has risen above it (none: no correlation at all, resolution = the field of view).
     crossing = 0.5
-    below = np.nonzero(curve[1:] < thr[1:])[0]
+    above = np.nonzero(curve[1:] >= thr[1:])[0]
+    first_above = int(above[0]) + 1 if above.size else None
+    below = (
+        np.nonzero(curve[first_above:] < thr[first_above:])[0] + first_above
+        if first_above is not None
+        else np.array([1])
+    )
     if below.size:
-        k = int(below[0]) + 1
+        k = int(below[0])
         d0 = curve[k - 1] - thr[k - 1]
         d1 = curve[k] - thr[k]
         t = d0 / (d0 - d1) if d0 > 0 and d0 != d1 else 0.0

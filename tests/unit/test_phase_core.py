@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from speckleflow.devices.fth import (
     default_geometry,
     domain_wall_mz,
@@ -275,3 +276,18 @@ def test_shrink_wrap_and_refocusing_keep_the_image(maze_mz: list[np.ndarray]) ->
         assert _corr(res.mz[s], maze_mz[0][s]) >= 0.99  # measured 0.999, 0.998
         if params.focus_range_nm is not None:
             assert res.focus_nm == pytest.approx(0.0, abs=1_000.0)  # the simulator is in focus
+
+
+def test_frc_ignores_a_low_ring_below_threshold_before_the_curve_rises() -> None:
+    """Low rings (aperture edge, beamstop) may disagree; the resolution is set by the
+    first drop after the FRC rose above the 1/2-bit threshold."""
+    rng = np.random.default_rng(0)
+    n = 128
+    common = ndimage.gaussian_filter(rng.standard_normal((n, n)), 2.0)
+    yy, xx = np.mgrid[:n, :n]
+    low = 50 * common.std() * np.cos(2 * np.pi * xx / n)  # ring 1 only
+    a = common + low + 0.05 * common.std() * rng.standard_normal((n, n))
+    b = common - low + 0.05 * common.std() * rng.standard_normal((n, n))
+    result = frc(a, b, apodise_px=0.0)
+    assert result.frc[1] < result.threshold[1]  # the first ring disagrees …
+    assert result.resolution_px < 10  # … but the images agree to high frequency
