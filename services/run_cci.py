@@ -42,6 +42,7 @@ class CCIRunOptions:
     workers: tuple[str, ...] = ("fth", "cci")
     host: str = "127.0.0.1"
     process: bool = True
+    phase: bool = True
     scheduler: str | None = "local"
 
     def validate(self) -> None:
@@ -67,6 +68,7 @@ class RunResult:
     worker_status: dict[str, dict[str, Any]]
     gaps: list[dict[str, Any]]
     processing: Any = None
+    phase: Any = None
 
 
 class _RunMonitor:
@@ -255,6 +257,8 @@ def run_cci(
         print_summary(result, console, data_dir.root)
         if opts.process and result.exit_status == "success" and result_uid:
             result.processing = _process_at_run_end(session, result_uid, opts, console)
+            if opts.phase and result.processing is not None:
+                result.phase = _phase_at_run_end(session, result_uid, console)
         return result
     finally:
         session.stop(keep_tiled=keep)
@@ -282,6 +286,29 @@ def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, con
             console.print(f"[red]could not record the failure in Tiled: {exc2}[/red]")
         return None
     print_cci_processing(out, session.tiled_uri, console)
+    return out
+
+
+def _phase_at_run_end(session: LiveSession, uid: str, console: Console) -> Any:
+    """Phase retrieval of every CCI state with >= 20 pairs; a failure is reported, not raised."""
+    from .layout import analysis_container, provenance
+    from .process_phase import ALGORITHM, PhaseProcessOptions, print_phase_processing, process_phase
+    from .progress import StepProgress
+
+    popts = PhaseProcessOptions()
+    try:
+        with StepProgress(console, "phase retrieval of the CCI states") as progress:
+            out = process_phase(session.client, uid, popts, progress=progress)
+    except Exception as exc:  # noqa: BLE001 — the raw run and the CCI results are safe
+        console.print(f"[red]phase retrieval failed:[/red] {type(exc).__name__}: {exc}")
+        try:
+            node = analysis_container(session.client, uid, "phase")
+            md = provenance(uid, "phase", ALGORITHM, popts.parameters(), status="failed", reason=str(exc))
+            node.update_metadata(metadata=md, drop_revision=True)
+        except Exception as exc2:  # noqa: BLE001
+            console.print(f"[red]could not record the failure in Tiled: {exc2}[/red]")
+        return None
+    print_phase_processing(out, session.tiled_uri, console)
     return out
 
 

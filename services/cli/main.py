@@ -71,6 +71,11 @@ def run_cci_command(
     process: Annotated[
         bool, typer.Option(help="Run the full CCI pipeline at run end (same as `speckleflow process cci <uid>`).")
     ] = True,
+    phase: Annotated[
+        bool,
+        typer.Option(help="After the CCI pipeline, phase-retrieve every state with >= 20 pairs "
+                     "(same as `speckleflow process phase <uid>`)."),
+    ] = True,
 ) -> None:
     """Coherent correlation imaging: helicity-pair FTH frames of a hopping magnetic maze.
 
@@ -97,6 +102,7 @@ def run_cci_command(
         api_key=api_key,
         keep_serving=keep_serving,
         process=process,
+        phase=phase,
     )
     try:
         result = run_cci(opts, console)
@@ -177,15 +183,90 @@ def process_cci_command(
     )
     try:
         opts.validate()
-        with tiled_client(data_dir, tiled_uri, api_key) as client:
-            with StepProgress(console, f"CCI full processing of {run_uid}") as progress:
-                result = process_cci(client, run_uid, opts, progress=progress)
+        with (
+            tiled_client(data_dir, tiled_uri, api_key) as client,
+            StepProgress(console, f"CCI full processing of {run_uid}") as progress,
+        ):
+            result = process_cci(client, run_uid, opts, progress=progress)
     except (UnknownRunError, RunContentError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     print_cci_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
 
 
+
+
+@process_app.command("phase")
+def process_phase_command(
+    run_uid: Annotated[str, typer.Argument(help="Run uid (raw/<uid>) or a unique prefix of >= 8 characters.")],
+    state: Annotated[
+        list[int] | None,
+        typer.Option(help="CCI state to retrieve (repeat for several); default: every state with >= --min-pairs "
+                     "pairs, or the whole run when it has no CCI labels.", show_default=False),
+    ] = None,
+    min_pairs: Annotated[int, typer.Option(help="Smallest CCI state retrieved by default, pairs.", min=1)] = 20,
+    frc: Annotated[
+        bool, typer.Option(help="Also retrieve the even/odd half-datasets and measure the FRC resolution (3× time).")
+    ] = True,
+    prtf_starts: Annotated[int, typer.Option(help="Random starts for the PRTF (0: none, else >= 2).", min=0)] = 0,
+    wall: Annotated[
+        str | None,
+        typer.Option(help="Fit a Kittel profile tanh(x/δ) along y0,x0,y1,x1 (px of the mz image) across a wall.",
+                     show_default=False),
+    ] = None,
+    pixel_size_nm: Annotated[
+        float | None, typer.Option(help="Sample-plane pixel size, nm (resolutions in nm).", show_default=False)
+    ] = None,
+    raar: Annotated[int, typer.Option(help="RAAR iterations per helicity.", min=0)] = 300,
+    er: Annotated[int, typer.Option(help="ER iterations per helicity after RAAR.", min=0)] = 100,
+    coherence: Annotated[
+        bool, typer.Option(help="Model partial coherence (Richardson–Lucy estimate of the coherence kernel).")
+    ] = False,
+    figures_dir: Annotated[
+        Path | None, typer.Option(help="Also write the figures as PNG files to DIR/<uid>/<state>/.", show_default=False)
+    ] = None,
+    detector: Annotated[str, typer.Option(help="ophyd name of the helicity CCD in the run.")] = "ccd",
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Holography-aided phase retrieval of a stored run (Battistelli et al., Optica 2024).
+
+    For every CCI state (or the whole run): FTH support, RAAR + ER for each helicity,
+    mz = log|φ+/φ−| inside the support, FRC resolution between independent halves.
+    Results replace an earlier retrieval under analysis/<uid>/phase/<state>/.
+    """
+    from rich.console import Console
+
+    from speckleflow.services.phase import PhaseParams
+    from speckleflow.services.process_phase import PhaseProcessOptions, print_phase_processing, process_phase
+    from speckleflow.services.progress import StepProgress
+    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    try:
+        wall_px = None
+        if wall is not None:
+            parts = [float(v) for v in wall.split(",")]
+            if len(parts) != 4:
+                raise ValueError(f"--wall needs y0,x0,y1,x1, got {wall!r}")
+            wall_px = (parts[0], parts[1], parts[2], parts[3])
+        params = PhaseParams(n_raar=raar, n_er=er, n_raar_minus=raar, n_er_minus=er, coherence=coherence)
+        opts = PhaseProcessOptions(
+            detector=detector, states=state or None, min_pairs=min_pairs, frc=frc, prtf_starts=prtf_starts,
+            wall=wall_px, pixel_size_nm=pixel_size_nm, params=params, figures_dir=figures_dir,
+        )
+        opts.validate()
+        with (
+            tiled_client(data_dir, tiled_uri, api_key) as client,
+            StepProgress(console, f"phase retrieval of {run_uid}") as progress,
+        ):
+            result = process_phase(client, run_uid, opts, progress=progress)
+    except (UnknownRunError, RunContentError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print_phase_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
 
 
 @app.command("worker")

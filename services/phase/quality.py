@@ -119,6 +119,7 @@ def frc(
     mask: np.ndarray | None = None,
     apodise_px: float = 2.0,
     pixel_size_nm: float | None = None,
+    min_ring: int = 1,
 ) -> FRCResult:
     """Fourier ring correlation of two images from independent half-datasets.
 
@@ -132,6 +133,10 @@ def frc(
         ``apodise_px`` so that it adds no common edge to both images.
     apodise_px : float
         σ (px) of the edge softening, >= 0.
+    min_ring : int
+        First ring (in units of 1/n cycles per pixel) where the crossing is searched:
+        rings below it are computed and returned but do not set the resolution (e.g.
+        frequencies a beamstop hid, which phase retrieval fills without data).
     pixel_size_nm : float, optional
         Sample-plane pixel, nm, > 0.
 
@@ -187,13 +192,16 @@ def frc(
     # The lowest rings carry the aperture's edge and what the beamstop hid; the crossing
     # that sets the resolution is the first drop below the threshold *after* the FRC
     # has risen above it (none: no correlation at all, resolution = the field of view).
+    if int(min_ring) != min_ring or not 1 <= min_ring < kmax:
+        raise ValueError(f"min_ring must be an int in [1, {kmax}), got {min_ring!r}")
+    lo = int(min_ring)
     crossing = 0.5
-    above = np.nonzero(curve[1:] >= thr[1:])[0]
-    first_above = int(above[0]) + 1 if above.size else None
+    above = np.nonzero(curve[lo:] >= thr[lo:])[0]
+    first_above = int(above[0]) + lo if above.size else None
     below = (
         np.nonzero(curve[first_above:] < thr[first_above:])[0] + first_above
         if first_above is not None
-        else np.array([1])
+        else np.array([lo])
     )
     if below.size:
         k = int(below[0])
@@ -201,7 +209,7 @@ def frc(
         d1 = curve[k] - thr[k]
         t = d0 / (d0 - d1) if d0 > 0 and d0 != d1 else 0.0
         crossing = float(freq[k - 1] + t * (freq[k] - freq[k - 1]))
-        crossing = max(crossing, freq[1] / 2)
+        crossing = max(crossing, freq[lo] / 2)
     res_px = 1.0 / (2.0 * crossing)
     return FRCResult(
         frequency=freq,

@@ -72,6 +72,7 @@ def test_online_assignments_land_in_tiled_and_match_truth(tmp_path):
         assert "full CCI processing at run end" in output
         assert result.processing is not None
         _check_full_processing(c, result.uid, truth, pure, pairs)
+        _check_phase_retrieval(c, result.uid, output)
     finally:
         server.stop()
 
@@ -98,6 +99,26 @@ def test_online_assignments_land_in_tiled_and_match_truth(tmp_path):
         _check_full_processing(c, result.uid, truth, pure, pairs)
     finally:
         server.stop()
+
+
+def _check_phase_retrieval(c, uid: str, output: str) -> None:
+    """Run end: every CCI state with >= 20 pairs phase-retrieved, with an FRC resolution."""
+    assert "phase retrieval of the CCI states" in output
+    phase = c["analysis"][uid]["phase"]
+    counts = c["analysis"][uid]["cci"].metadata["full_processing"]["summary"]["state_counts"]
+    expected = {f"state_{s}" for s, n in enumerate(counts) if n >= 20}
+    assert set(phase) == expected and expected
+    for summary in phase.metadata["states"]:
+        # Measured 1.0-1.6 px on this run (the aperture is 64 px across); no correlation
+        # between the halves would give 256 px.
+        assert summary["resolution_px"] < 3.0, summary
+    node = phase[sorted(expected)[0]]
+    mz, support = node["mz"].read(), node["mz_support"].read().astype(bool)
+    assert mz.shape == support.shape and node["mz"].metadata["dims"] == ["y", "x"]
+    assert np.all(mz[~support] == 0) and np.std(mz[support]) > 0
+    assert node["exit_wave_plus"].dtype == np.complex64
+    assert list(node["frc"].read().columns) == ["frequency", "frc", "threshold"]
+    assert node["figures"]["mz"].shape[-1] == 4
 
 
 def _check_full_processing(c, uid: str, truth: np.ndarray, pure: np.ndarray, pairs: int) -> None:
