@@ -231,12 +231,16 @@ class Worker:
         """Merge this run's counters and lag into ``analysis/<uid>/workers/<kind>`` metadata.
 
         Non-blocking (through the results publisher); at most once per
-        ``tiled_status_interval`` seconds unless ``final``.
+        ``tiled_status_interval`` seconds, and while results are waiting to be written
+        only every ``5 · tiled_status_interval`` (status never crowds out results).
+        ``final`` is always published.
         """
         if self.results is None or self.run_uid is None:
             return
         now = time.time()
         if not final and now < self._next_tiled_status:
+            return
+        if not final and self.results.pending and now < self._next_tiled_status + 4 * self.tiled_status_interval:
             return
         self._next_tiled_status = now + self.tiled_status_interval
         md = provenance(
