@@ -54,7 +54,7 @@ class _Browser(threading.Thread):
         from speckleflow.services.dashboard import create_app, serve_in_thread
         from tiled.client import from_uri
 
-        app = create_app(from_uri(self.tiled_uri, api_key=self.api_key), poll_interval_s=0.5)
+        app = create_app(from_uri(self.tiled_uri, api_key=self.api_key), poll_interval_s=1.0)
         with serve_in_thread(app) as url, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
             try:

@@ -216,3 +216,12 @@ def test_bad_arguments_are_rejected():
         create_app(object(), poll_interval_s=0)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         image_png(np.zeros(3))
+
+
+def test_cli_refuses_a_data_dir_without_catalog(tmp_path):
+    from speckleflow.services.cli.main import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["dashboard", "--data-dir", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    assert "holds no Tiled catalog" in " ".join(result.output.split())  # rich wraps lines
