@@ -194,6 +194,42 @@ def process_cci_command(
     print_cci_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
 
 
+@app.command("dashboard")
+def dashboard_command(
+    tiled_uri: TiledUriOpt = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SPECKLEFLOW_API_KEY", help="API key for --tiled-uri (a read-only key is enough).",
+                     show_default=False),
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar="SPECKLEFLOW_DATA_DIR",
+                     help="Without --tiled-uri: serve this directory's embedded catalog (as `process cci` does)."),
+    ] = Path("speckleflow-data"),
+    host: Annotated[str, typer.Option(help="Interface the web page binds to.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port of the web page.", min=1, max=65535)] = 8060,
+    poll: Annotated[float, typer.Option(help="How often the page refreshes, seconds.", min=0.2)] = 1.0,
+) -> None:
+    """A live web page of the runs in Tiled: FTH preview, CCI states, transition network, g2, workers.
+
+    The page lists current and past runs (newest first) and follows new runs as they
+    start. The browser talks only to this server, which reads Tiled with its own
+    client: the key never reaches the browser. Binds 127.0.0.1 unless --host says otherwise.
+    """
+    from rich.console import Console
+    from speckleflow.services.dashboard import serve
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    try:
+        with tiled_client(data_dir, tiled_uri, api_key) as client:
+            console.print(f"dashboard: [bold]http://{host}:{port}/[/bold]  (Tiled: "
+                          f"{tiled_uri or f'the catalog of {data_dir}'}; Ctrl-C stops it)")
+            serve(client, host=host, port=port, poll_interval_s=poll)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @process_app.command("phase")

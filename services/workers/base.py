@@ -4,7 +4,10 @@ A worker is a thin loop around a pure compute unit (:class:`OnlineUnit`): it rec
 bus messages (``speckleflow.streaming.BusReceiver``), hands documents and frames to the
 unit, lets the unit publish through a :class:`~speckleflow.services.results.ResultsPublisher`
 (never blocking on Tiled), and pushes a status report twice a second to the
-orchestrator (frames seen and processed, gaps, drops, decode errors, lag).
+orchestrator (frames seen and processed, gaps, drops, decode errors, lag). The same
+counters, counted from the run's start document, are published once a second into the
+metadata of ``analysis/<run uid>/workers/<kind>`` (status ``live``, then ``final`` at the
+stop document), where dashboards and control plans read them.
 
 Undecodable messages, frames of runs whose start document it never saw, and unit
 errors on one message are counted, logged with the reason, and skipped: the worker
@@ -29,6 +32,7 @@ from speckleflow.streaming import (
     StatusPusher,
 )
 
+from ..layout import provenance
 from ..results import ResultsPublisher
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ class Worker:
         results: ResultsPublisher | None = None,
         status_interval: float = 0.5,
         rcvhwm: int = 10_000,
+        tiled_status_interval: float = 1.0,
     ) -> None:
         self.unit = unit
         self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm)
@@ -98,6 +103,9 @@ class Worker:
         self.last_frame_ts: float | None = None
         self.lag_s = 0.0
         self.run_state = "idle"
+        self.tiled_status_interval = tiled_status_interval
+        self._next_tiled_status = 0.0
+        self._run_base: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -154,12 +162,14 @@ class Worker:
             self.run_uid = doc["uid"]
             self.runs_seen.add(doc["uid"])
             self.run_state = "running"
+            self._run_base = self._counters()
             self.unit.start_run(doc["uid"], doc)
         elif name == "descriptor" and doc.get("run_start") in self.runs_seen:
             self.unit.descriptor(doc)
         elif name == "stop" and doc.get("run_start") in self.runs_seen:
             self.unit.stop_run(doc)
             self.run_state = f"stopped ({doc.get('exit_status')})"
+            self.publish_run_status(final=True)
             self.push_status()
 
     def _frames(self, msg: FrameMessage) -> None:
@@ -197,7 +207,63 @@ class Worker:
             report["results"] = {**self.results.stats.as_dict(), "pending": self.results.pending}
         return report
 
+    def _counters(self) -> dict[str, Any]:
+        bus = self.receiver.stats()
+        return {
+            "frames_seen": self.frames_seen,
+            "frames_processed": self.frames_processed,
+            "missed": bus.get("missed", 0),
+            "gaps": bus.get("gaps", 0),
+            "decode_errors": sum(bus.get("decode_errors", {}).values()),
+            "dropped": dict(self.dropped),
+        }
+
+    def run_counters(self) -> dict[str, Any]:
+        """Frames seen/processed, missed, gaps, decode errors and drops since the run's start."""
+        now, base = self._counters(), self._run_base
+        out: dict[str, Any] = {k: v - base.get(k, 0) for k, v in now.items() if k != "dropped"}
+        dropped = {r: n - base.get("dropped", {}).get(r, 0) for r, n in now["dropped"].items()}
+        out["dropped"] = {r: n for r, n in dropped.items() if n}
+        out["dropped_total"] = sum(out["dropped"].values())
+        return out
+
+    def publish_run_status(self, final: bool = False) -> None:
+        """Merge this run's counters and lag into ``analysis/<uid>/workers/<kind>`` metadata.
+
+        Non-blocking (through the results publisher); at most once per
+        ``tiled_status_interval`` seconds, and while results are waiting to be written
+        only every ``5 · tiled_status_interval`` (status never crowds out results).
+        ``final`` is always published.
+        """
+        if self.results is None or self.run_uid is None:
+            return
+        now = time.time()
+        if not final and now < self._next_tiled_status:
+            return
+        if not final and self.results.pending and now < self._next_tiled_status + 4 * self.tiled_status_interval:
+            return
+        self._next_tiled_status = now + self.tiled_status_interval
+        md = provenance(
+            self.run_uid,
+            "workers",
+            "online worker status report",
+            {"status_interval_s": self.tiled_status_interval},
+            status="final" if final else "live",
+            worker=self.unit.kind,
+            pid=os.getpid(),
+            run_state=self.run_state,
+            lag_s=round(self.lag_s, 4),
+            updated=now,
+            results={**self.results.stats.as_dict(), "pending": self.results.pending},
+            unit=self.unit.status(),
+            units={"lag_s": "s", "updated": "s since the epoch", "counters": "frames since the run's start"},
+            **self.run_counters(),
+        )
+        self.results.update_metadata((self.run_uid, "workers", self.unit.kind), md)
+
     def push_status(self, final: bool = False) -> None:
+        if self.run_state == "running":
+            self.publish_run_status()
         if self.status_pusher is None:
             return
         report = self.status()
