@@ -1,0 +1,1 @@
+"""Full k-resolved electron correlation microscopy (5D-STEM ECM) processing: pure algorithms."""
