@@ -146,7 +146,7 @@ def common_diff(lags_a, g2_a, lags_b, g2_b, max_lag: int | None = None) -> float
 
 
 def run_ours(frames: np.ndarray, batch: int, n_buffers: int):
-    c = MultiTauCorrelator(frames.shape[1], n_buffers=n_buffers, min_block=batch)
+    c = MultiTauCorrelator(frames.shape[1], n_buffers=n_buffers)
     for s in range(0, frames.shape[0], batch):
         c.process(frames[s : s + batch])
     return c.g2()
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 024 frames, one repeat")
     parser.add_argument("--frames", type=int, default=None, help="frames (default 10 000)")
-    parser.add_argument("--batch", type=int, default=256, help="frames per process() call")
+    parser.add_argument("--batch", type=int, default=1024, help="frames per process() call")
     parser.add_argument("--dose", type=float, default=1.0, help="mean electrons per pixel")
     parser.add_argument("--repeat", type=int, default=None, help="runs per correlator (best)")
     parser.add_argument("--skbeam-frames", type=int, default=None,

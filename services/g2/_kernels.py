@@ -1,7 +1,8 @@
 """Compiled (numba) inner loops of the multi-tau correlator.
 
-One call of :func:`process_block` folds a block of B frames into the state of every
-pixel, all multi-tau levels at once. The loops are laid out for one core:
+One call of :func:`process_block_u16` (uint16 counts, the camera's dtype) or
+:func:`process_block` (any other frames, float64) folds a block of B frames into the
+state of every pixel, all multi-tau levels at once. The loops are laid out for one core:
 
 * pixels are taken in tiles of ``tile`` columns; for a tile, the level's series is a
   small row-major array ``R`` (time, pixel) — the pixel's history (its last
@@ -261,3 +262,182 @@ def process_block(
             _add_lag_sums(G, col0[lev], A64, n_buffers - half, p0, w)
             _update_state(nxt64, h, m, nb, lev, p0, w, hist, head, S)
             cur64, nxt64 = nxt64, cur64
+
+
+# --------------------------------------------------------------------------- streaming
+
+#: Levels whose values fit float32 exactly for any uint16 frames: 2^l·65535 < 2^24.
+U16_F32_LEVELS = 9
+
+
+@njit(**_JIT)
+def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
+    """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[level, tile] += rows.
+
+    Returns the bitwise OR of the values (an upper bound of their maximum).
+    """
+    bits = 0
+    for k in range(n):
+        for q in range(w):
+            v = X[t0 + k, np.uint64(p0 + q)]
+            E[row0 + k, q] = v
+            bits |= np.int64(v)
+    for k in range(n):
+        for q in range(w):
+            S[level, np.uint64(p0 + q)] += E[row0 + k, q]
+    return bits
+
+
+@njit(**_JIT)
+def _emit_pairs(cur, nxt, row0, h, m, done, w):
+    """Bin-by-2 sums of the level below into nxt[row0 …]; returns how many.
+
+    ``cur`` holds the level below: h history rows, then m new rows; its row j is its
+    global frame done − h + j. The new frames of this level are the pairs (2k, 2k + 1)
+    completed by the m new rows: k from ⌊done/2⌋ to ⌊(done + m)/2⌋ − 1.
+    """
+    k0 = done // 2
+    k1 = (done + m) // 2
+    for k in range(k0, k1):
+        j = 2 * k - done + h
+        r = row0 + k - k0
+        for q in range(w):
+            nxt[r, q] = cur[j, q] + cur[j + 1, q]
+    return k1 - k0
+
+
+@njit(**_JIT)
+def _finish_rows(E, h, m, done, level, p0, w, head, S, add_sum):
+    """Head rows of the level, S (unless already added), shift the last h rows to the top."""
+    if add_sum:
+        for k in range(m):
+            for q in range(w):
+                S[level, np.uint64(p0 + q)] += E[h + k, q]
+    if done < h:
+        for k in range(done, min(h, done + m)):
+            for q in range(w):
+                head[level, k, np.uint64(p0 + q)] = E[h + k - done, q]
+    for k in range(h):
+        for q in range(w):
+            E[k, q] = E[m + k, q]
+
+
+@njit(**_JIT)
+def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S, G, tile, chunk):
+    """:func:`process_block` for uint16 frames, streaming through each tile in chunks.
+
+    Per tile, level 0 is read from X ``chunk`` rows at a time; every chunk is
+    correlated at once and its bin-by-2 sums are appended to the next level, which is
+    correlated when it holds a chunk of its own (and at the end of the block): each row
+    is touched while it is in L1/L2 cache. Rows are float32 up to level 8 (uint16 sums
+    of 2^8 frames are below 2^24) and float64 above. Lag sums are float32 while the
+    block's partial sums stay below 2^24 (bounded by rows·v², v = 2^l·largest count so
+    far; before the bound would pass 2^24 they are flushed into float64), float64
+    products otherwise — exact either way.
+
+    Parameters as :func:`process_block`, plus ``chunk`` (rows correlated together).
+    """
+    B, P = X.shape
+    h = n_buffers - 1
+    half = n_buffers // 2
+    L = n_before.shape[0]
+    L32 = min(L, U16_F32_LEVELS)
+    L64 = max(L - L32, 1)
+    w_max = min(tile, P)
+    cap = h + 2 * chunk + 2  # a level waits for a chunk, then gets up to chunk/2 + 1 more
+    E32 = np.zeros((L32, cap, w_max), dtype=np.float32)
+    E64 = np.zeros((L64, cap, w_max), dtype=np.float64)
+    T64 = np.zeros((cap, w_max), dtype=np.float64)
+    A32 = np.zeros((L, n_buffers, w_max), dtype=np.float32)
+    A64 = np.zeros((L, n_buffers, w_max), dtype=np.float64)
+    cnt = np.zeros(L, dtype=np.int64)  # pending new rows per level
+    done = np.zeros(L, dtype=np.int64)  # level frames correlated so far (global)
+    bound = np.zeros(L, dtype=np.float64)  # worst-case float32 partial sum per level
+    for p0 in range(0, P, w_max):
+        w = min(P, p0 + w_max) - p0
+        vmax = c_seen
+        active = 0
+        for lev in range(L):
+            cnt[lev] = 0
+            done[lev] = n_before[lev]
+            bound[lev] = 0.0
+            if lev == 0 or n_new[lev] > 0:
+                active = lev + 1
+            for k in range(h):
+                for q in range(w):
+                    if lev < L32:
+                        E32[lev, k, q] = hist[lev, k, np.uint64(p0 + q)]
+                    else:
+                        E64[lev - L32, k, q] = hist[lev, k, np.uint64(p0 + q)]
+            for i in range(n_buffers):
+                for q in range(w):
+                    A32[lev, i, q] = 0.0
+                    A64[lev, i, q] = 0.0
+        t = 0
+        while True:
+            if t < B:
+                n = min(chunk, B - t)
+                bits = _load_rows_u16(E32[0], h, X, t, n, p0, w, S, 0)
+                vmax = max(vmax, np.float64(bits))
+                cnt[0] = n
+                t += n
+            final = t >= B
+            # correlate every level holding a full chunk (all of them at the end)
+            for lev in range(active):
+                m = cnt[lev]
+                if m == 0 or (m < chunk and not final and lev > 0):
+                    continue
+                lo = 0 if lev == 0 else half
+                v = vmax * 2.0**lev
+                if lev < L32:
+                    if m * v * v <= F32_EXACT:
+                        if bound[lev] + m * v * v > F32_EXACT:
+                            for i in range(n_buffers - lo):
+                                for q in range(w):
+                                    A64[lev, i, q] += A32[lev, i, q]
+                                    A32[lev, i, q] = 0.0
+                            bound[lev] = 0.0
+                        bound[lev] += m * v * v
+                        _lag_rows(E32[lev], h, m, lo, n_buffers, A32[lev], w)
+                    else:
+                        for k in range(h + m):
+                            for q in range(w):
+                                T64[k, q] = E32[lev, k, q]
+                        _lag_rows(T64, h, m, lo, n_buffers, A64[lev], w)
+                    if lev + 1 < active:
+                        if lev + 1 < L32:
+                            cnt[lev + 1] += _emit_pairs(
+                                E32[lev], E32[lev + 1], h + cnt[lev + 1], h, m, done[lev], w
+                            )
+                        else:
+                            cnt[lev + 1] += _emit_pairs(
+                                E32[lev], E64[lev + 1 - L32], h + cnt[lev + 1], h, m,
+                                done[lev], w,
+                            )  # fmt: skip
+                    _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head, S, lev > 0)
+                else:
+                    e = E64[lev - L32]
+                    _lag_rows(e, h, m, lo, n_buffers, A64[lev], w)
+                    if lev + 1 < active:
+                        cnt[lev + 1] += _emit_pairs(
+                            e, E64[lev + 1 - L32], h + cnt[lev + 1], h, m, done[lev], w
+                        )
+                    _finish_rows(e, h, m, done[lev], lev, p0, w, head, S, True)
+                done[lev] += m
+                cnt[lev] = 0
+            if final:
+                break
+        # lag sums and history of the block into the state
+        for lev in range(active):
+            lo = 0 if lev == 0 else half
+            for i in range(n_buffers - lo):
+                for q in range(w):
+                    G[col0[lev] + i, np.uint64(p0 + q)] += (
+                        np.float64(A32[lev, i, q]) + A64[lev, i, q]
+                    )
+            for k in range(h):
+                for q in range(w):
+                    if lev < L32:
+                        hist[lev, k, np.uint64(p0 + q)] = E32[lev, k, q]
+                    else:
+                        hist[lev, k, np.uint64(p0 + q)] = E64[lev - L32, k, q]

@@ -57,8 +57,13 @@ __all__ = [
 #: Pixels per tile of the compiled kernel: a tile's rows are contiguous runs of the frame
 #: and its working set (≈ 40 rows of the series) stays in L1/L2 cache.
 TILE_PIXELS = 256
-#: Frames folded per kernel call at most (bounds the tile buffers: 256·(512 + 15)·12 B).
+#: Frames folded per kernel call at most: float frames (the general kernel's tile
+#: buffers hold 256·(512 + 15) values) and uint16 frames (the streaming kernel's buffers
+#: do not grow with the block; longer blocks amortise the per-tile state traffic).
 MAX_BLOCK = 512
+MAX_BLOCK_U16 = 1024
+#: Rows of a level correlated together in the uint16 streaming kernel.
+CHUNK_ROWS = 64
 
 _INT_KINDS = "iub"
 
@@ -385,8 +390,9 @@ class MultiTauCorrelator:
         else:
             dtype = np.result_type(*arrays)
             batch = np.concatenate([a.astype(dtype, copy=False) for a in arrays])
-        for start in range(0, batch.shape[0], MAX_BLOCK):
-            self._fold(np.ascontiguousarray(batch[start : start + MAX_BLOCK]), integer)
+        step = MAX_BLOCK_U16 if batch.dtype == np.uint16 else MAX_BLOCK
+        for start in range(0, batch.shape[0], step):
+            self._fold(np.ascontiguousarray(batch[start : start + step]), integer)
 
     def _grow(self, n_levels: int) -> None:
         """Make room for ``n_levels`` levels in the state arrays."""
@@ -421,20 +427,17 @@ class MultiTauCorrelator:
         self._grow(L)
         n_before = np.array(before + [0] * (L - len(before)), dtype=np.int64)
         n_new = np.array(after, dtype=np.int64) - n_before
-        _kernels.process_block(
-            X,
-            integer,
-            c_seen,
-            n_before,
-            n_new,
-            self.n_buffers,
-            self._col0(L),
-            self._hist,
-            self._head,
-            self._sum,
-            self._G,
-            TILE_PIXELS,
-        )
+        state = (self._hist, self._head, self._sum, self._G)
+        if X.dtype == np.uint16:
+            _kernels.process_block_u16(
+                X, c_seen, n_before, n_new, self.n_buffers, self._col0(L), *state,
+                TILE_PIXELS, CHUNK_ROWS,
+            )  # fmt: skip
+        else:
+            _kernels.process_block(
+                X, integer, c_seen, n_before, n_new, self.n_buffers, self._col0(L), *state,
+                TILE_PIXELS,
+            )  # fmt: skip
         self._counts = after
         if X.size:
             self._max_value = max(self._max_value, float(X.max()))
