@@ -154,3 +154,31 @@ def test_ecm_benchmark_quick_prints_a_table() -> None:
     for stage in ("copy (baseline)", "virtual (ours)", "virtual (masks)", "polar (ours)",
                   "polar (bincount)", "warp_polar (reference)"):
         assert any(line.startswith(stage) for line in lines), stage
+
+
+G2_BENCH = BENCH.parent / "bench_g2.py"
+
+
+@pytest.mark.timeout(300)
+def test_g2_benchmark_quick_prints_a_table() -> None:
+    # generous timeout: the first run compiles the numba kernel (cached afterwards)
+    completed = subprocess.run(
+        [sys.executable, str(G2_BENCH), "--quick", "--plain", "--skbeam-frames", "16"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("correlator"))
+    for column in ("frames/s", "× boost f32", "× ours", "max |Δg2|"):
+        assert column in header
+    ours = next(line for line in lines if line.startswith("ours n_buffers=16"))
+    assert "exact" in ours
+    numpy_row = next(line for line in lines if line.startswith("numpy batched"))
+    assert float(numpy_row.split()[-1]) < 1e-9  # the baseline agrees with ours
+    assert any(line.startswith("goals:") for line in lines)
+    # correlators that are not installed are named, not silently dropped
+    for name in ("scikit-beam", "boost_corr"):
+        assert any(name in line for line in lines), name

@@ -1,0 +1,443 @@
+"""Compiled (numba) inner loops of the multi-tau correlator.
+
+One call of :func:`process_block_u16` (uint16 counts, the camera's dtype) or
+:func:`process_block` (any other frames, float64) folds a block of B frames into the
+state of every pixel, all multi-tau levels at once. The loops are laid out for one core:
+
+* pixels are taken in tiles of ``tile`` columns; for a tile, the level's series is a
+  small row-major array ``R`` (time, pixel) — the pixel's history (its last
+  h = n_buffers − 1 values) followed by the new values — so a lag product
+  R[t]·R[t − i] is a multiply-add of two contiguous rows, vectorised over the pixels of
+  the tile, and the block's rows are read from the frame matrix in order (no
+  transposition, no strided gathers);
+* a lag sum takes eight time steps per pass over the tile (eight products per loaded
+  accumulator), the levels ≥ 1 (bin-by-2 sums of the level below, built row by row)
+  are correlated right after level 0 while the tile is in cache.
+
+Exactness. Values are kept as *sums* (level l holds sums of 2^l frames, never averages),
+so integer counts stay integers at every level. A level's lag sums run in float32 when
+the data are integers and every partial sum of the block is below 2^24 (B_l·v_max² ≤
+2^24, v_max the largest value in the tile's series at that level, history included),
+otherwise in float64; either way the block's sums are exact for integer input and are
+added to float64 accumulators, exact up to 2^53.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+#: Partial sums of float32 products of integers are exact up to this bound.
+F32_EXACT = float(2**24)
+
+_JIT = {"cache": True, "fastmath": True, "boundscheck": False, "nogil": True}
+
+
+@njit(**_JIT)
+def _lag_rows(R, h, n, lo, hi, A, w):
+    """A[i − lo, :w] += Σ_{t=h}^{h+n−1} R[t, :w]·R[t − i, :w] for lo ≤ i < hi ≤ h + 1.
+
+    Four lags and eight time steps per pass over the tile: the eight rows R[t … t+7]
+    and the eleven rows R[t−i−3 … t+7−i] serve 32 products per accumulator load (more
+    lags per pass would need more runtime alias checks than LLVM vectorises with).
+    """
+    t = h
+    stop8 = h + (n // 8) * 8
+    while t < stop8:
+        i = lo
+        while i + 4 <= hi:
+            j = i - lo
+            for q in range(w):
+                x0 = R[t, q]
+                x1 = R[t + 1, q]
+                x2 = R[t + 2, q]
+                x3 = R[t + 3, q]
+                x4 = R[t + 4, q]
+                x5 = R[t + 5, q]
+                x6 = R[t + 6, q]
+                x7 = R[t + 7, q]
+                y0 = R[t - i - 3, q]
+                y1 = R[t - i - 2, q]
+                y2 = R[t - i - 1, q]
+                y3 = R[t - i, q]
+                y4 = R[t - i + 1, q]
+                y5 = R[t - i + 2, q]
+                y6 = R[t - i + 3, q]
+                y7 = R[t - i + 4, q]
+                y8 = R[t - i + 5, q]
+                y9 = R[t - i + 6, q]
+                y10 = R[t - i + 7, q]
+                # lag i + l pairs x_u with R[t + u − i − l] = y[u − l + 3]
+                A[j, q] += (
+                    x0 * y3 + x1 * y4 + x2 * y5 + x3 * y6
+                    + x4 * y7 + x5 * y8 + x6 * y9 + x7 * y10
+                )  # fmt: skip
+                A[j + 1, q] += (
+                    x0 * y2 + x1 * y3 + x2 * y4 + x3 * y5
+                    + x4 * y6 + x5 * y7 + x6 * y8 + x7 * y9
+                )  # fmt: skip
+                A[j + 2, q] += (
+                    x0 * y1 + x1 * y2 + x2 * y3 + x3 * y4
+                    + x4 * y5 + x5 * y6 + x6 * y7 + x7 * y8
+                )  # fmt: skip
+                A[j + 3, q] += (
+                    x0 * y0 + x1 * y1 + x2 * y2 + x3 * y3
+                    + x4 * y4 + x5 * y5 + x6 * y6 + x7 * y7
+                )  # fmt: skip
+            i += 4
+        while i < hi:
+            j = i - lo
+            for q in range(w):
+                A[j, q] += (
+                    R[t, q] * R[t - i, q]
+                    + R[t + 1, q] * R[t + 1 - i, q]
+                    + R[t + 2, q] * R[t + 2 - i, q]
+                    + R[t + 3, q] * R[t + 3 - i, q]
+                    + R[t + 4, q] * R[t + 4 - i, q]
+                    + R[t + 5, q] * R[t + 5 - i, q]
+                    + R[t + 6, q] * R[t + 6 - i, q]
+                    + R[t + 7, q] * R[t + 7 - i, q]
+                )
+            i += 1
+        t += 8
+    while t < h + n:
+        for i in range(lo, hi):
+            j = i - lo
+            for q in range(w):
+                A[j, q] += R[t, q] * R[t - i, q]
+        t += 1
+
+
+@njit(**_JIT)
+def _load_block(dst, X, h, p0, w):
+    """dst[h + t, :w] = X[t, p0 : p0 + w] (converted).
+
+    Returns the bitwise OR of the (integer) values: an upper bound of their maximum,
+    below twice it, that vectorises where a max does not.
+    """
+    B = X.shape[0]
+    bits = 0
+    for t in range(B):
+        for q in range(w):
+            v = X[t, np.uint64(p0 + q)]
+            dst[h + t, q] = v
+            bits |= np.int64(v)
+    return bits
+
+
+@njit(**_JIT)
+def _load_block_float(dst, X, h, p0, w):
+    """dst[h + t, :w] = X[t, p0 : p0 + w] (converted)."""
+    B = X.shape[0]
+    for t in range(B):
+        for q in range(w):
+            dst[h + t, q] = X[t, np.uint64(p0 + q)]
+
+
+@njit(**_JIT)
+def _load_history(dst, hist, level, h, p0, w):
+    for k in range(h):
+        for q in range(w):
+            dst[k, q] = hist[level, k, np.uint64(p0 + q)]
+
+
+@njit(**_JIT)
+def _bin_rows(cur, nxt, h, m, nb_prev, nb, w):
+    """nxt[h + k] = cur[j] + cur[j + 1], j = 2(nb + k) − nb_prev + h: bin-by-2 sums.
+
+    ``cur`` is the extended series of the level below (index j ↔ its global frame
+    nb_prev − h + j); new frame k of this level (global nb + k) sums the frames
+    2(nb + k) and 2(nb + k) + 1 below.
+    """
+    for k in range(m):
+        j = 2 * (nb + k) - nb_prev + h
+        for q in range(w):
+            nxt[h + k, q] = cur[j, q] + cur[j + 1, q]
+
+
+@njit(**_JIT)
+def _add_lag_sums(G, row0, A, n_lags, p0, w):
+    for i in range(n_lags):
+        for q in range(w):
+            G[row0 + i, np.uint64(p0 + q)] += A[i, q]
+            A[i, q] = 0.0
+
+
+@njit(**_JIT)
+def _update_state(R, h, m, n_before, level, p0, w, hist, head, S):
+    """Sum, first values and history of one level after m new rows R[h : h + m]."""
+    for k in range(m):
+        for q in range(w):
+            S[level, np.uint64(p0 + q)] += R[h + k, q]
+    if n_before < h:
+        for k in range(n_before, min(h, n_before + m)):
+            for q in range(w):
+                head[level, k, np.uint64(p0 + q)] = R[h + k - n_before, q]
+    for k in range(h):
+        for q in range(w):
+            hist[level, k, np.uint64(p0 + q)] = R[m + k, q]
+
+
+@njit(**_JIT)
+def process_block(
+    X, integer, c_seen, n_before, n_new, n_buffers, col0, hist, head, S, G, tile
+):
+    """Fold the frames ``X`` into the state of every pixel and level (in place).
+
+    Parameters
+    ----------
+    X : ndarray, shape (B, P), any real dtype, C-contiguous — the new frames.
+    integer : bool — X holds integers (float32 lag sums allowed where exact).
+    c_seen : float — largest value of all earlier frames (bounds the history).
+    n_before : ndarray, shape (L,), int64 — frames per level before this block.
+    n_new : ndarray, shape (L,), int64 — new frames per level in this block
+        (n_new[0] = B; n_new[l] = 0 stops the levels there).
+    n_buffers : int — even number of buffers; h = n_buffers − 1.
+    col0 : ndarray, shape (L,), int64 — row of each level's first lag in G.
+    hist, head : ndarray, shape (L_cap, h, P), float64 — last and first h values.
+    S : ndarray, shape (L_cap, P), float64 — sum of all values per level.
+    G : ndarray, shape (n_cols, P), float64 — lag-product sums.
+    tile : int — pixels per tile.
+    """
+    B, P = X.shape
+    h = n_buffers - 1
+    half = n_buffers // 2
+    L = n_before.shape[0]
+    w_max = min(tile, P)
+    # extended series (history rows, then new rows) of the current and the next level,
+    # float32 while exact, float64 otherwise
+    a32 = np.zeros((h + B, w_max), dtype=np.float32)
+    b32 = np.zeros((h + B // 2 + 1, w_max), dtype=np.float32)
+    a64 = np.zeros((h + B, w_max), dtype=np.float64)
+    b64 = np.zeros((h + B // 2 + 1, w_max), dtype=np.float64)
+    A32 = np.zeros((n_buffers, w_max), dtype=np.float32)
+    A64 = np.zeros((n_buffers, w_max), dtype=np.float64)
+    for p0 in range(0, P, w_max):
+        w = min(P, p0 + w_max) - p0
+        # ---- level 0: history rows, then the block's rows (row-major reads of X).
+        # vmax bounds every level-0 value of the tile (history: c_seen); level l values
+        # are at most 2^l·vmax. Integer frames only: an OR-bound of non-negative integers.
+        is32 = False
+        vmax = 0.0
+        if integer:
+            vmax = max(c_seen, np.float64(_load_block(a32, X, h, p0, w)))
+            is32 = B * vmax * vmax <= F32_EXACT
+        if is32:
+            _load_history(a32, hist, 0, h, p0, w)
+            _lag_rows(a32, h, B, 0, n_buffers, A32, w)
+            _add_lag_sums(G, col0[0], A32, n_buffers, p0, w)
+            _update_state(a32, h, B, n_before[0], 0, p0, w, hist, head, S)
+        else:
+            _load_block_float(a64, X, h, p0, w)
+            _load_history(a64, hist, 0, h, p0, w)
+            _lag_rows(a64, h, B, 0, n_buffers, A64, w)
+            _add_lag_sums(G, col0[0], A64, n_buffers, p0, w)
+            _update_state(a64, h, B, n_before[0], 0, p0, w, hist, head, S)
+        # ---- levels >= 1: next <- bin-by-2 sums of current, correlate, swap
+        cur32, nxt32, cur64, nxt64 = a32, b32, a64, b64
+        for lev in range(1, L):
+            m = n_new[lev]
+            if m == 0:
+                break
+            nb_prev = n_before[lev - 1]
+            nb = n_before[lev]
+            bound = vmax * 2.0**lev
+            if is32 and m * bound * bound <= F32_EXACT:
+                _load_history(nxt32, hist, lev, h, p0, w)
+                _bin_rows(cur32, nxt32, h, m, nb_prev, nb, w)
+                _lag_rows(nxt32, h, m, half, n_buffers, A32, w)
+                _add_lag_sums(G, col0[lev], A32, n_buffers - half, p0, w)
+                _update_state(nxt32, h, m, nb, lev, p0, w, hist, head, S)
+                cur32, nxt32 = nxt32, cur32
+                continue
+            if is32:
+                # float64 from this level on: convert the level below once
+                is32 = False
+                for k in range(h + n_new[lev - 1]):
+                    for q in range(w):
+                        cur64[k, q] = cur32[k, q]
+            _load_history(nxt64, hist, lev, h, p0, w)
+            _bin_rows(cur64, nxt64, h, m, nb_prev, nb, w)
+            _lag_rows(nxt64, h, m, half, n_buffers, A64, w)
+            _add_lag_sums(G, col0[lev], A64, n_buffers - half, p0, w)
+            _update_state(nxt64, h, m, nb, lev, p0, w, hist, head, S)
+            cur64, nxt64 = nxt64, cur64
+
+
+# --------------------------------------------------------------------------- streaming
+
+#: Levels whose values fit float32 exactly for any uint16 frames: 2^l·65535 < 2^24.
+U16_F32_LEVELS = 9
+
+
+@njit(**_JIT)
+def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
+    """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[level, tile] += rows.
+
+    Returns the bitwise OR of the values (an upper bound of their maximum).
+    """
+    bits = 0
+    for k in range(n):
+        for q in range(w):
+            v = X[t0 + k, np.uint64(p0 + q)]
+            E[row0 + k, q] = v
+            bits |= np.int64(v)
+    for k in range(n):
+        for q in range(w):
+            S[level, np.uint64(p0 + q)] += E[row0 + k, q]
+    return bits
+
+
+@njit(**_JIT)
+def _emit_pairs(cur, nxt, row0, h, m, done, w):
+    """Bin-by-2 sums of the level below into nxt[row0 …]; returns how many.
+
+    ``cur`` holds the level below: h history rows, then m new rows; its row j is its
+    global frame done − h + j. The new frames of this level are the pairs (2k, 2k + 1)
+    completed by the m new rows: k from ⌊done/2⌋ to ⌊(done + m)/2⌋ − 1.
+    """
+    k0 = done // 2
+    k1 = (done + m) // 2
+    for k in range(k0, k1):
+        j = 2 * k - done + h
+        r = row0 + k - k0
+        for q in range(w):
+            nxt[r, q] = cur[j, q] + cur[j + 1, q]
+    return k1 - k0
+
+
+@njit(**_JIT)
+def _finish_rows(E, h, m, done, level, p0, w, head, S, add_sum):
+    """Head rows of the level, S (unless already added), shift the last h rows to the top."""
+    if add_sum:
+        for k in range(m):
+            for q in range(w):
+                S[level, np.uint64(p0 + q)] += E[h + k, q]
+    if done < h:
+        for k in range(done, min(h, done + m)):
+            for q in range(w):
+                head[level, k, np.uint64(p0 + q)] = E[h + k - done, q]
+    for k in range(h):
+        for q in range(w):
+            E[k, q] = E[m + k, q]
+
+
+@njit(**_JIT)
+def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S, G, tile, chunk):
+    """:func:`process_block` for uint16 frames, streaming through each tile in chunks.
+
+    Per tile, level 0 is read from X ``chunk`` rows at a time; every chunk is
+    correlated at once and its bin-by-2 sums are appended to the next level, which is
+    correlated when it holds a chunk of its own (and at the end of the block): each row
+    is touched while it is in L1/L2 cache. Rows are float32 up to level 8 (uint16 sums
+    of 2^8 frames are below 2^24) and float64 above. Lag sums are float32 while the
+    block's partial sums stay below 2^24 (bounded by rows·v², v = 2^l·largest count so
+    far; before the bound would pass 2^24 they are flushed into float64), float64
+    products otherwise — exact either way.
+
+    Parameters as :func:`process_block`, plus ``chunk`` (rows correlated together).
+    """
+    B, P = X.shape
+    h = n_buffers - 1
+    half = n_buffers // 2
+    L = n_before.shape[0]
+    L32 = min(L, U16_F32_LEVELS)
+    L64 = max(L - L32, 1)
+    w_max = min(tile, P)
+    cap = h + 2 * chunk + 2  # a level waits for a chunk, then gets up to chunk/2 + 1 more
+    E32 = np.zeros((L32, cap, w_max), dtype=np.float32)
+    E64 = np.zeros((L64, cap, w_max), dtype=np.float64)
+    T64 = np.zeros((cap, w_max), dtype=np.float64)
+    A32 = np.zeros((L, n_buffers, w_max), dtype=np.float32)
+    A64 = np.zeros((L, n_buffers, w_max), dtype=np.float64)
+    cnt = np.zeros(L, dtype=np.int64)  # pending new rows per level
+    done = np.zeros(L, dtype=np.int64)  # level frames correlated so far (global)
+    bound = np.zeros(L, dtype=np.float64)  # worst-case float32 partial sum per level
+    for p0 in range(0, P, w_max):
+        w = min(P, p0 + w_max) - p0
+        vmax = c_seen
+        active = 0
+        for lev in range(L):
+            cnt[lev] = 0
+            done[lev] = n_before[lev]
+            bound[lev] = 0.0
+            if lev == 0 or n_new[lev] > 0:
+                active = lev + 1
+            for k in range(h):
+                for q in range(w):
+                    if lev < L32:
+                        E32[lev, k, q] = hist[lev, k, np.uint64(p0 + q)]
+                    else:
+                        E64[lev - L32, k, q] = hist[lev, k, np.uint64(p0 + q)]
+            for i in range(n_buffers):
+                for q in range(w):
+                    A32[lev, i, q] = 0.0
+                    A64[lev, i, q] = 0.0
+        t = 0
+        while True:
+            if t < B:
+                n = min(chunk, B - t)
+                bits = _load_rows_u16(E32[0], h, X, t, n, p0, w, S, 0)
+                vmax = max(vmax, np.float64(bits))
+                cnt[0] = n
+                t += n
+            final = t >= B
+            # correlate every level holding a full chunk (all of them at the end)
+            for lev in range(active):
+                m = cnt[lev]
+                if m == 0 or (m < chunk and not final and lev > 0):
+                    continue
+                lo = 0 if lev == 0 else half
+                v = vmax * 2.0**lev
+                if lev < L32:
+                    if m * v * v <= F32_EXACT:
+                        if bound[lev] + m * v * v > F32_EXACT:
+                            for i in range(n_buffers - lo):
+                                for q in range(w):
+                                    A64[lev, i, q] += A32[lev, i, q]
+                                    A32[lev, i, q] = 0.0
+                            bound[lev] = 0.0
+                        bound[lev] += m * v * v
+                        _lag_rows(E32[lev], h, m, lo, n_buffers, A32[lev], w)
+                    else:
+                        for k in range(h + m):
+                            for q in range(w):
+                                T64[k, q] = E32[lev, k, q]
+                        _lag_rows(T64, h, m, lo, n_buffers, A64[lev], w)
+                    if lev + 1 < active:
+                        if lev + 1 < L32:
+                            cnt[lev + 1] += _emit_pairs(
+                                E32[lev], E32[lev + 1], h + cnt[lev + 1], h, m, done[lev], w
+                            )
+                        else:
+                            cnt[lev + 1] += _emit_pairs(
+                                E32[lev], E64[lev + 1 - L32], h + cnt[lev + 1], h, m,
+                                done[lev], w,
+                            )  # fmt: skip
+                    _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head, S, lev > 0)
+                else:
+                    e = E64[lev - L32]
+                    _lag_rows(e, h, m, lo, n_buffers, A64[lev], w)
+                    if lev + 1 < active:
+                        cnt[lev + 1] += _emit_pairs(
+                            e, E64[lev + 1 - L32], h + cnt[lev + 1], h, m, done[lev], w
+                        )
+                    _finish_rows(e, h, m, done[lev], lev, p0, w, head, S, True)
+                done[lev] += m
+                cnt[lev] = 0
+            if final:
+                break
+        # lag sums and history of the block into the state
+        for lev in range(active):
+            lo = 0 if lev == 0 else half
+            for i in range(n_buffers - lo):
+                for q in range(w):
+                    G[col0[lev] + i, np.uint64(p0 + q)] += (
+                        np.float64(A32[lev, i, q]) + A64[lev, i, q]
+                    )
+            for k in range(h):
+                for q in range(w):
+                    if lev < L32:
+                        hist[lev, k, np.uint64(p0 + q)] = E32[lev, k, q]
+                    else:
+                        hist[lev, k, np.uint64(p0 + q)] = E64[lev - L32, k, q]
