@@ -1,112 +1,153 @@
 """`speckleflow serve` end to end: plans submitted through the Bluesky queue server.
 
-One service for the module (Tiled, proxy, fth + cci workers, redis-server, RE Manager
-with speckleflow's startup directory), started by :func:`speckleflow.services.serve.serve`
-in a thread, as the CLI runs it. Plans go in through ``bluesky_queueserver_api``'s
-REManagerAPI over 0MQ; runs are read back from Tiled; the last test stops the service
-and checks that no process is left behind.
+One service for the module, started as a user starts it: the ``speckleflow serve``
+command in a subprocess (Tiled, proxy, fth + cci workers, redis-server, RE Manager with
+speckleflow's startup directory). Plans go in through ``bluesky_queueserver_api``'s
+REManagerAPI over 0MQ, at the control address the command printed; runs are read back
+from Tiled; the last test presses Ctrl-C (SIGINT) and checks that no process is left.
 """
 
 from __future__ import annotations
 
-import io
+import os
+import re
 import shutil
-import threading
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from bluesky_queueserver_api import BPlan
-from rich.console import Console
-from speckleflow.services.processes import live_group_members, wait_until
-from speckleflow.services.serve import ServeOptions, Service, serve
+from bluesky_queueserver_api.zmq import REManagerAPI
+from speckleflow.services.processes import wait_until
+from tiled.client import from_uri
 
 pytestmark = [
     pytest.mark.system,
     pytest.mark.timeout(400),
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
 ]
 
 
-class _Running:
-    def __init__(self, service: Service, thread: threading.Thread, stop: threading.Event, out: io.StringIO):
-        self.service = service
-        self.thread = thread
-        self.stop = stop
-        self.out = out
+@dataclass
+class _Service:
+    proc: subprocess.Popen
+    out_path: Path
+    data_dir: Path
+    api_key: str
+    tiled_uri: str
+    control_addr: str
+    RM: Any
+    client: Any
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes with ``text`` in their command line or environment (as test_ctrl_c does)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (entry / "environ").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X") and (text in cmdline or text.encode() in env):
+            pids.append(int(entry.name))
+    return pids
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
+def service(tmp_path_factory):
     # 2 families (4 states) at 280 K, 0.5-s frames: the sample stays in a state for a
     # few tens of pairs, so a short run visits more than one state with clean pairs.
-    opts = ServeOptions(
-        data_dir=tmp_path_factory.mktemp("serve") / "data",
-        detector_size=128,
-        n_families=2,
-        temperature=280.0,
-        seed=0,
-    )
-    out = io.StringIO()
-    console = Console(file=out, width=200)
-    ready: dict[str, Service] = {}
-    errors: list[BaseException] = []
-    stop = threading.Event()
+    root = tmp_path_factory.mktemp("serve")
+    data_dir = root / "data"
+    out_path = root / "serve.out"
+    env = {**os.environ, "COLUMNS": "250"}
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "speckleflow.services.cli.main", "serve", "--data-dir", str(data_dir),
+             "--detector-size", "128", "--families", "2", "--temperature", "280", "--seed", "0"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+    try:
+        def exited() -> str | None:
+            if proc.poll() is not None:
+                return f"speckleflow serve exited with {proc.returncode}:\n{out_path.read_text()}"
+            return None
 
-    def target() -> None:
-        try:
-            serve(opts, console, stop=stop, on_ready=lambda s: ready.setdefault("service", s))
-        except BaseException as exc:  # noqa: BLE001 — reported by the fixture
-            errors.append(exc)
+        wait_until(lambda: "Ctrl-C stops everything" in out_path.read_text(), 240, interval=0.2,
+                   what="speckleflow serve to start", abort=exited)
+        text = out_path.read_text()
+        tiled_uri = re.search(r"Tiled:\s+(http://\S+)", text).group(1)
+        control_addr = re.search(r"control (tcp://\S+)", text).group(1)
+        api_key = (data_dir / ".api_key").read_text().strip()
+        RM = REManagerAPI(zmq_control_addr=control_addr, timeout_recv=10.0)
+        svc = _Service(proc, out_path, data_dir, api_key, tiled_uri, control_addr, RM,
+                       from_uri(tiled_uri, api_key=api_key))
+        yield svc
+        RM.close()
+    finally:
+        if proc.poll() is None:  # a test failed before Ctrl-C: stop it the same way
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
-    thread = threading.Thread(target=target, name="speckleflow-serve", daemon=True)
-    thread.start()
 
-    def failed() -> str | None:
-        return f"serve failed: {errors[0]!r}\n{out.getvalue()}" if errors else None
-
-    wait_until(lambda: "service" in ready, 240, interval=0.2, what="speckleflow serve to start", abort=failed)
-    yield _Running(ready["service"], thread, stop, out)
-    stop.set()
-    thread.join(60)
-
-
-def _run_plan(service: Service, plan: BPlan, timeout: float = 180) -> str:
-    """Submit ``plan``, start the queue, wait until idle; return the run uid."""
-    RM = service.manager.api()
-    added = RM.item_add(plan)
+def _run_plan(svc: _Service, plan: BPlan, timeout: float = 180) -> str:
+    """Submit ``plan``, start the queue, wait until idle and the workers' results are final."""
+    added = svc.RM.item_add(plan)
     assert added["success"], added
-    RM.queue_start()
-    RM.wait_for_idle(timeout=timeout)
-    result = RM.history_get()["items"][-1]["result"]
+    svc.RM.queue_start()
+    svc.RM.wait_for_idle(timeout=timeout)
+    result = svc.RM.history_get()["items"][-1]["result"]
     assert result["exit_status"] == "completed", result
     (uid,) = result["run_uids"]
-    service.session.wait_workers_done(uid, timeout=30)
+
+    def final() -> bool:
+        try:
+            analysis = svc.client["analysis"][uid]
+            return all(analysis[t][n].metadata.get("status") == "final"
+                       for t, n in (("fth", "sum"), ("cci", "assignments")))
+        except KeyError:
+            return False
+
+    wait_until(final, 60, interval=0.2, what=f"final online results of run {uid}")
     return uid
 
 
-def test_serve_prints_where_everything_is(running):
-    text = running.out.getvalue()
-    service = running.service
-    assert service.session.tiled_uri in text
-    assert service.manager.control_addr in text
-    assert "qserver" in text and "queue add plan" in text
-    assert service.session.api_key not in text
+def test_serve_prints_where_everything_is(service):
+    text = service.output()
+    assert "queue add plan" in text and "REManagerAPI" in text
+    assert "redis:" in text and "ZeroMQ bus:" in text
+    assert service.api_key not in text
     # The key reaches the children through their environment, never argv or a log.
-    for proc in service.children():
-        assert service.session.api_key not in " ".join(proc.argv)
-    for log in service.data_dir.logs.iterdir():
-        assert service.session.api_key not in log.read_text(errors="replace"), log
-    RM = service.manager.api()
-    assert {"cci_series", "cci_until_covered"} <= set(RM.plans_allowed()["plans_allowed"])
-    assert "ccd" in RM.devices_allowed()["devices_allowed"]
+    for pid in _processes_mentioning(str(service.data_dir)):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert service.api_key.encode() not in cmdline, pid
+    for log in (service.data_dir / "logs").iterdir():
+        assert service.api_key not in log.read_text(errors="replace"), log
+    assert {"cci_series", "cci_until_covered"} <= set(service.RM.plans_allowed()["plans_allowed"])
+    assert "ccd" in service.RM.devices_allowed()["devices_allowed"]
 
 
-def test_cci_series_through_the_queue_lands_in_tiled(running):
-    service = running.service
+def test_cci_series_through_the_queue_lands_in_tiled(service):
     pairs = 12
     uid = _run_plan(service, BPlan("cci_series", "ccd", pairs, 0.5))
-    client = service.session.client
-    run = client["raw"][uid]
+    run = service.client["raw"][uid]
     assert run.metadata["start"]["plan_name"] == "cci_series"
     assert run.metadata["stop"]["exit_status"] == "success"
     images = run["primary"]["ccd_image"]
@@ -114,24 +155,20 @@ def test_cci_series_through_the_queue_lands_in_tiled(running):
     assert images[3].sum() > 0
     assert list(np.asarray(run["primary"]["ccd_helicity"].read())[:4]) == [1, -1, 1, -1]
     # The online workers saw every frame of the queue server's RunEngine.
-    fth = client["analysis"][uid]["fth"]["sum"].metadata
-    assert fth["status"] == "final" and fth["pair_range"] == [0, pairs - 1]
-    assignments = client["analysis"][uid]["cci"]["assignments"].metadata
-    assert assignments["status"] == "final"
+    fth = service.client["analysis"][uid]["fth"]["sum"].metadata
+    assert fth["pair_range"] == [0, pairs - 1]
+    assignments = service.client["analysis"][uid]["cci"]["assignments"].metadata
     assert assignments["pairs_total"] == pairs
-    for kind, handle in service.session.workers.items():
-        assert handle.status["frames_processed"] >= 2 * pairs, (kind, handle.status)
-    print(f"frames produced {2 * pairs}, in raw record {images.shape[0]}, "
-          f"seen by workers {[h.status['frames_processed'] for h in service.session.workers.values()]}")
+    print(f"frames produced {2 * pairs}, in raw record {images.shape[0]}, pairs seen by fth "
+          f"{fth['pair_range'][1] + 1}, by cci {assignments['pairs_total']}")
 
 
-def test_adaptive_plan_stops_when_every_state_is_covered(running):
+def test_adaptive_plan_stops_when_every_state_is_covered(service):
     """cci_until_covered reads the real online worker's counts from Tiled and stops early."""
-    service = running.service
     min_pairs, max_pairs = 10, 400
     uid = _run_plan(service, BPlan("cci_until_covered", "ccd", min_pairs, max_pairs, 0.5,
                                    check_every=5, min_states=2))
-    run = service.session.client["raw"][uid]
+    run = service.client["raw"][uid]
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "success"
     assert stop["reason"].startswith("coverage reached"), stop["reason"]
@@ -142,34 +179,50 @@ def test_adaptive_plan_stops_when_every_state_is_covered(running):
     assert len(counts) >= 2 and min(counts) >= min_pairs, counts
     assert taken < max_pairs  # stopped early, because of coverage
     assert run["primary"]["ccd_image"].shape[0] == 2 * taken
-    # The counts it decided on were the worker's: the final table holds at least as many.
-    final = service.session.client["analysis"][uid]["cci"]["assignments"].metadata
-    assert final["pairs_total"] == taken
+    final = service.client["analysis"][uid]["cci"]["assignments"].metadata
+    assert final["pairs_total"] == taken  # the worker saw every pair the plan took
     print(f"adaptive run: {taken} pairs of {max_pairs}, counts at stop {counts}, "
           f"final online counts {final['state_counts']}; reason: {stop['reason']}")
 
 
-def test_stop_leaves_no_process_behind(running):
-    service = running.service
-    groups = {p.pid: live_group_members(p.pid) for p in service.children()}
-    manager_group = groups[service.manager.process.pid]
-    assert len(manager_group) >= 2, manager_group  # the RE Manager and its RunEngine worker
-    pids = {pid for members in groups.values() for pid in members}
-    running.stop.set()
-    running.thread.join(90)
-    assert not running.thread.is_alive()
-    assert "stopped" in running.out.getvalue()
-    left = {pgid: live_group_members(pgid) for pgid in groups}
-    assert not any(left.values()), left
-    for pid in pids:
-        assert not _alive(pid), pid
-    print(f"stopped {len(pids)} processes in {len(groups)} process groups; none left")
+def _live_descendants(pid: int) -> dict[int, str]:
+    """Live descendants of ``pid`` (by parent pid in /proc), with their command lines."""
+    parent: dict[int, int] = {}
+    cmd: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            parent[int(entry.name)] = int(fields[1])
+            cmd[int(entry.name)] = cmdline[:120]
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in found:
+                found[child] = cmd[child]
+                frontier.append(child)
+    return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
+def test_ctrl_c_stops_every_process(service):
+    children = _live_descendants(service.proc.pid)
+    # Tiled, proxy, 2 workers, redis, RE Manager and the RunEngine worker it spawned.
+    assert len(children) >= 7, children
+    assert any("redis-server" in c for c in children.values()), children
+    assert any("start-re-manager" in c for c in children.values()), children
+    mentioning = set(_processes_mentioning(str(service.data_dir)))
+    service.proc.send_signal(signal.SIGINT)
+    assert service.proc.wait(90) == 0, service.output()
+    assert "stopped" in service.output()
+    alive = set(_processes_mentioning(""))  # every live process
+    left = {pid: c for pid, c in children.items() if pid in alive}
+    assert left == {}, left
+    assert set(_processes_mentioning(str(service.data_dir))) & mentioning == set()
+    print(f"Ctrl-C stopped speckleflow serve and its {len(children)} processes; none left")
