@@ -146,7 +146,8 @@ class Service:
             f"workers:        {', '.join(self.opts.workers)}   logs in {self.data_dir.logs}",
             (
                 "plans:          cci_series(ccd, num_pairs, exposure), "
-                "cci_until_covered(ccd, min_pairs_per_state, max_pairs, exposure, check_every=10)"
+                "cci_until_covered(ccd, min_pairs_per_state, max_pairs, exposure, check_every=10, "
+                "min_states=1), ecm_5d(celeritas, scan, nx, ny, repeats, frame_rate) on an 8×8 scan"
             ),
             "submit a plan:",
             (

@@ -56,6 +56,14 @@ class QueueProfileSettings(BaseSettings):
         Seed of the sample model, dynamics and photon noise.
     states_file : Path or None
         npz of maze states (``mz``), instead of the built-in model.
+    ecm_scan_size : int
+        5D-STEM: side of the simulated liquid's scan grid, probe positions (0: no ECM
+        devices). 8 by default: an ``ecm_5d`` run of 16×16 positions × 2 repeats was
+        refused by TiledWriter at its stop document (pyarrow could not convert the
+        cached rows; the JSON backup failed on an ndarray) — to be fixed in the ECM
+        device or TiledWriter before larger scans are offered here.
+    ecm_tau_s : float
+        5D-STEM: median relaxation time τ of the simulated liquid, s.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPECKLEFLOW_", extra="ignore")
@@ -70,6 +78,8 @@ class QueueProfileSettings(BaseSettings):
     sample_temperature_k: float = 300.0
     sample_seed: int = 0
     states_file: Path | None = None
+    ecm_scan_size: int = 8
+    ecm_tau_s: float = 1.0
 
 
 @dataclass
@@ -86,6 +96,8 @@ class QueueProfile:
     publisher : BusPublisher
     client : tiled client
         Root of the Tiled server (the adaptive plan reads the online counts from it).
+    camera, scan : Celeritas, ScanController or None
+        5D-STEM devices on a simulated supercooled liquid (None if disabled).
     """
 
     RE: Any
@@ -93,6 +105,8 @@ class QueueProfile:
     sample: Any
     publisher: BusPublisher
     client: Any
+    camera: Any = None
+    scan: Any = None
 
 
 def wait_publisher_connected(publisher: BusPublisher, backend: str, timeout: float = 30.0) -> None:
@@ -139,7 +153,13 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
     """
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
-    from speckleflow.devices import HelicityCCD, MagneticSample
+    from speckleflow.devices import (
+        Celeritas,
+        HelicityCCD,
+        LiquidSample,
+        MagneticSample,
+        ScanController,
+    )
     from tiled.client import from_uri
 
     s = settings or QueueProfileSettings()  # type: ignore[call-arg]
@@ -155,6 +175,11 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         temperature_K=s.sample_temperature_k,
     )
     ccd = HelicityCCD(sample, data_dir.detector, publisher=publisher, name="ccd")
+    camera = scan = None
+    if s.ecm_scan_size > 0:
+        liquid = LiquidSample((s.ecm_scan_size, s.ecm_scan_size), tau_median=s.ecm_tau_s, seed=s.sample_seed)
+        scan = ScanController(name="scan")
+        camera = Celeritas(liquid, scan, data_dir.detector, publisher=publisher, name="celeritas")
     RE = RunEngine({})
     RE.subscribe(publisher)
     RE.subscribe(TiledWriter(client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
@@ -165,4 +190,6 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         "temperature_K": s.sample_temperature_k,
     }
     log.info("queue profile: Tiled %s, bus %s, sample %s states", s.tiled_uri, s.bus_frontend, sample.n_states)
-    return QueueProfile(RE=RE, ccd=ccd, sample=sample, publisher=publisher, client=client)
+    return QueueProfile(
+        RE=RE, ccd=ccd, sample=sample, publisher=publisher, client=client, camera=camera, scan=scan
+    )

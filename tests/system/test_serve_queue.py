@@ -140,8 +140,8 @@ def test_serve_prints_where_everything_is(service):
         assert service.api_key.encode() not in cmdline, pid
     for log in (service.data_dir / "logs").iterdir():
         assert service.api_key not in log.read_text(errors="replace"), log
-    assert {"cci_series", "cci_until_covered"} <= set(service.RM.plans_allowed()["plans_allowed"])
-    assert "ccd" in service.RM.devices_allowed()["devices_allowed"]
+    assert set(service.RM.plans_allowed()["plans_allowed"]) == {"cci_series", "cci_until_covered", "ecm_5d"}
+    assert {"ccd", "celeritas", "scan"} <= set(service.RM.devices_allowed()["devices_allowed"])
 
 
 def test_cci_series_through_the_queue_lands_in_tiled(service):

@@ -18,6 +18,9 @@ _read_counts = _tiled_state_counts(_profile.client)
 
 RE = _profile.RE
 ccd = _profile.ccd
+if _profile.camera is not None:
+    celeritas = _profile.camera
+    scan = _profile.scan
 
 
 def cci_series(ccd, num_pairs: int, exposure: float = 1.0, *, md: dict | None = None):
@@ -53,4 +56,26 @@ def cci_until_covered(
         check_every=check_every,
         min_states=min_states,
         md=md,
+    )
+
+
+def ecm_5d(
+    camera,
+    scan,
+    nx: int,
+    ny: int,
+    repeats: int,
+    frame_rate: float,
+    *,
+    expected_tau=None,
+    dose=None,
+    md: dict | None = None,
+):
+    """5D-STEM for k-resolved ECM: ``repeats`` rasters of ``nx``×``ny`` frames at ``frame_rate`` Hz.
+
+    ``expected_tau`` (s) and ``dose`` (electrons/pixel/frame) enable the acquisition
+    checks. See :func:`speckleflow.plans.ecm_5d`.
+    """
+    yield from _plans.ecm_5d(
+        camera, scan, nx, ny, repeats, frame_rate, expected_tau=expected_tau, dose=dose, md=md
     )
