@@ -156,13 +156,21 @@ class REManagerProcess:
         wait_until(opened, timeout, interval=0.2, what="the RunEngine environment to open", abort=failed)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Close the environment if it is idle, then stop the manager and all its processes."""
+        """Abort a running plan, close the environment, then stop the manager and its processes.
+
+        A plan still running is paused and aborted through the RunEngine, so its run
+        ends with a stop document (``exit_status`` ``abort``) in Tiled and on the bus;
+        only if that fails is the environment destroyed.
+        """
         if self.process is None:
             return
         if self.process.alive():
             try:
                 api = self.api()
                 status = api.status(reload=True)
+                if status.get("re_state") in ("running", "paused", "pausing"):
+                    self._abort_plan(api, timeout)
+                    status = api.status(reload=True)
                 if status.get("worker_environment_exists"):
                     if status.get("manager_state") == "idle":
                         api.environment_close()
@@ -179,3 +187,13 @@ class REManagerProcess:
                 self._api.close()
             self._api = None
         self.process.stop(timeout=timeout)
+
+    @staticmethod
+    def _abort_plan(api: Any, timeout: float) -> None:
+        """Pause the running plan now and abort it (the run is closed with ``abort``)."""
+        if api.status(reload=True).get("re_state") == "running":
+            api.re_pause(option="immediate")
+            api.wait_for_idle_or_paused(timeout=timeout)
+        if api.status(reload=True).get("re_state") == "paused":
+            api.re_abort()
+        api.wait_for_idle(timeout=timeout)

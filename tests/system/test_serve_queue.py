@@ -185,6 +185,20 @@ def test_adaptive_plan_stops_when_every_state_is_covered(service):
           f"final online counts {final['state_counts']}; reason: {stop['reason']}")
 
 
+def _frames_in_detector_files(data_dir: Path) -> int:
+    """Frames of the newest CCD file (the running plan's), read as SWMR."""
+    import h5py
+
+    files = sorted((data_dir / "detector").glob("ccd_*.h5"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return 0
+    try:
+        with h5py.File(files[-1], "r", swmr=True) as f:
+            return int(f["/entry/data/data"].shape[0])
+    except (OSError, KeyError):
+        return 0
+
+
 def _live_descendants(pid: int) -> dict[int, str]:
     """Live descendants of ``pid`` (by parent pid in /proc), with their command lines."""
     parent: dict[int, int] = {}
@@ -211,7 +225,21 @@ def _live_descendants(pid: int) -> dict[int, str]:
     return found
 
 
-def test_ctrl_c_stops_every_process(service):
+def test_ctrl_c_aborts_the_running_plan_and_stops_every_process(service):
+    # A long plan is running when Ctrl-C comes: its run must end with a stop document.
+    added = service.RM.item_add(BPlan("cci_series", "ccd", 100000, 0.5))
+    assert added["success"], added
+    service.RM.queue_start()
+    runs: list[str] = []
+
+    def running() -> bool:
+        runs[:] = [r["uid"] for r in service.RM.re_runs("open")["run_list"]]
+        return bool(runs)
+
+    wait_until(running, 60, interval=0.2, what="the plan's run to open")
+    (uid,) = runs
+    wait_until(lambda: _frames_in_detector_files(service.data_dir) >= 10, 60, interval=0.2,
+               what="frames of the running plan")
     children = _live_descendants(service.proc.pid)
     # Tiled, proxy, 2 workers, redis, RE Manager and the RunEngine worker it spawned.
     assert len(children) >= 7, children
@@ -225,4 +253,15 @@ def test_ctrl_c_stops_every_process(service):
     left = {pid: c for pid, c in children.items() if pid in alive}
     assert left == {}, left
     assert set(_processes_mentioning(str(service.data_dir))) & mentioning == set()
+    # The interrupted run is closed, in Tiled, as aborted (served again to read it back).
+    from speckleflow.services.tiled_server import DataDirectory, EmbeddedTiled
+
+    directory = DataDirectory.create(service.data_dir)
+    server = EmbeddedTiled(directory, directory.api_key()).start(timeout=120)
+    try:
+        run = from_uri(server.uri, api_key=directory.api_key())["raw"][uid]
+        assert run.metadata["stop"]["exit_status"] == "abort", run.metadata["stop"]
+        print(f"aborted run: {run.metadata['stop']['num_events']}")
+    finally:
+        server.stop()
     print(f"Ctrl-C stopped speckleflow serve and its {len(children)} processes; none left")
