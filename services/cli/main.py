@@ -208,9 +208,10 @@ def serve_command(
 
     Starts Tiled (embedded unless --tiled-uri), the ZeroMQ proxy, the online workers
     (fth, cci), redis-server and the RE Manager (bluesky-queueserver) with speckleflow's
-    startup directory: devices `ccd` (helicity CCD on the simulated magnetic sample) and
-    plans `cci_series`, `cci_until_covered`. Prints the addresses and how to submit a
-    plan with `qserver`; Ctrl-C stops every process.
+    startup directory: devices `ccd` (helicity CCD on the simulated magnetic sample),
+    `celeritas` and `scan` (5D-STEM), plans `cci_series`, `cci_until_covered`, `ecm_5d`.
+    Prints the addresses and how to submit a plan with `qserver`; Ctrl-C aborts a
+    running plan and stops every process.
     """
     from rich.console import Console
     from speckleflow.services.serve import ServeOptions, serve
