@@ -1,13 +1,18 @@
 """Bluesky plans: generators of Msgs built from ``bluesky.plan_stubs``."""
 
-from .cci import cci_series, one_helicity_frame
+from .adaptive import CoverageDecision, cci_until_covered, is_covered
+from .cci import cci_series, helicity_pair, one_helicity_frame
 from .ecm import AcquisitionConstraintError, ConstraintCheck, check_ecm_constraints, ecm_5d
 
 __all__ = [
     "AcquisitionConstraintError",
     "ConstraintCheck",
+    "CoverageDecision",
     "cci_series",
+    "cci_until_covered",
     "check_ecm_constraints",
     "ecm_5d",
+    "helicity_pair",
+    "is_covered",
     "one_helicity_frame",
 ]

@@ -67,18 +67,13 @@ def cci_series(
         raise ValueError(f"num_pairs must be a positive integer, got {num_pairs!r}")
     if not exposure > 0:
         raise ValueError(f"exposure must be > 0 s, got {exposure!r}")
-    per_frame = per_frame or one_helicity_frame
-    _md = {
-        "detectors": [ccd.name],
-        "num_pairs": int(num_pairs),
-        "num_points": 2 * int(num_pairs),
-        "exposure_s": float(exposure),
-        "plan_name": "cci_series",
-        "plan_args": {"ccd": repr(ccd), "num_pairs": int(num_pairs), "exposure": float(exposure)},
-        "plan_pattern": "helicity pairs",
-        "technique": "cci",
-        "hints": {"dimensions": [(["time"], "primary")]},
-    }
+    _md = cci_metadata(
+        ccd,
+        "cci_series",
+        {"ccd": repr(ccd), "num_pairs": int(num_pairs), "exposure": float(exposure)},
+        num_pairs=int(num_pairs),
+        exposure=exposure,
+    )
     _md.update(md or {})
 
     @bpp.stage_decorator([ccd])
@@ -86,8 +81,51 @@ def cci_series(
     def inner() -> MsgGenerator:
         yield from bps.mv(ccd.exposure_time, float(exposure))
         for _ in range(int(num_pairs)):
-            yield from bps.checkpoint()
-            for helicity in HELICITIES:
-                yield from per_frame(ccd, helicity)
+            yield from helicity_pair(ccd, per_frame)
 
     return (yield from inner())
+
+
+def helicity_pair(
+    ccd: Any, per_frame: Callable[[Any, int], MsgGenerator] | None = None
+) -> MsgGenerator:
+    """One helicity pair: a checkpoint, then a +1 and a −1 frame.
+
+    The step shared by :func:`cci_series` and
+    :func:`~speckleflow.plans.adaptive.cci_until_covered`; a pause resumes at the
+    checkpoint, i.e. at a pair boundary.
+
+    Parameters
+    ----------
+    ccd : HelicityCCD-like device
+        As in :func:`cci_series`.
+    per_frame : callable, optional
+        ``per_frame(ccd, helicity)`` plan for one frame; :func:`one_helicity_frame`
+        by default.
+    """
+    per_frame = per_frame or one_helicity_frame
+    yield from bps.checkpoint()
+    for helicity in HELICITIES:
+        yield from per_frame(ccd, helicity)
+
+
+def cci_metadata(
+    ccd: Any,
+    plan_name: str,
+    plan_args: dict[str, Any],
+    *,
+    num_pairs: int,
+    exposure: float,
+) -> dict[str, Any]:
+    """Start-document metadata common to the CCI plans (``num_pairs`` = planned, or the cap)."""
+    return {
+        "detectors": [ccd.name],
+        "num_pairs": int(num_pairs),
+        "num_points": 2 * int(num_pairs),
+        "exposure_s": float(exposure),
+        "plan_name": plan_name,
+        "plan_args": plan_args,
+        "plan_pattern": "helicity pairs",
+        "technique": "cci",
+        "hints": {"dimensions": [(["time"], "primary")]},
+    }

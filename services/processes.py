@@ -56,6 +56,11 @@ class ChildProcess:
         File receiving the child's stdout and stderr.
     env : dict, optional
         Extra environment variables (e.g. API keys, never on the command line).
+    group : bool, optional
+        Signal the child's whole process group (it leads one, being started in its own
+        session) on :meth:`stop` and :meth:`kill`: for programs that start helper
+        processes of their own (e.g. ``start-re-manager`` and its RunEngine worker), so
+        that none outlives the stop.
     """
 
     def __init__(
@@ -64,8 +69,11 @@ class ChildProcess:
         argv: Sequence[str],
         log_path: Path,
         env: dict[str, str] | None = None,
+        *,
+        group: bool = False,
     ) -> None:
         self.name = name
+        self.group = group
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.env = {**os.environ, **(env or {})}
@@ -111,25 +119,88 @@ class ChildProcess:
         return "\n".join(lines[-n_lines:])
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns the exit code."""
+        """SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns the exit code.
+
+        With ``group``, the signals go to the whole process group, and members left
+        behind by the leader are killed too.
+        """
         if self.popen is None:
             return None
         if self.popen.poll() is None:
             try:
-                self.popen.send_signal(signal.SIGTERM)
+                self._signal(signal.SIGTERM)
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                self._signal(signal.SIGKILL)
                 self.popen.wait(5)
             except ProcessLookupError:
                 pass
+        if self.group:
+            self._reap_group(timeout)
         return self.popen.returncode
 
     def kill(self) -> None:
         """SIGKILL now (used by fault-injection tests and by ``stop`` as a last resort)."""
         if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
+            self._signal(signal.SIGKILL)
             self.popen.wait(5)
+
+    def _signal(self, sig: int) -> None:
+        assert self.popen is not None
+        if self.group:
+            try:
+                os.killpg(self.popen.pid, sig)
+                return
+            except ProcessLookupError:
+                pass
+        self.popen.send_signal(sig)
+
+    def _reap_group(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL, whatever is left in the process group after the leader."""
+        assert self.popen is not None
+        pgid = self.popen.pid
+
+        def group_empty() -> bool:
+            return not live_group_members(pgid)
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if group_empty():
+                return
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                wait_until(group_empty, timeout, interval=0.05, what=f"process group of {self.name}")
+            except TimeoutError:
+                continue
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid`` (Linux ``/proc``).
+
+    Elsewhere, ``[pgid]`` if the group can still be signalled, else ``[]``.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the parenthesised command: state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
 
 
 def wait_until(

@@ -305,6 +305,56 @@ def process_phase_command(
     print_phase_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
 
 
+@app.command("serve")
+def serve_command(
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+    detector_size: Annotated[int, typer.Option(help="Detector side, pixels (square).")] = 256,
+    families: Annotated[int, typer.Option(help="Built-in sample model: families of maze states.")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sample temperature, K.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the sample model, dynamics and photon noise.")] = 0,
+    states_file: Annotated[
+        Path | None, typer.Option(help="npz with `mz` (n_states, ny, nx) instead of the built-in model.")
+    ] = None,
+    open_environment: Annotated[
+        bool, typer.Option(help="Open the RunEngine environment at start (else: `qserver environment open`).")
+    ] = True,
+) -> None:
+    """The long-running service, controlled through the Bluesky queue server.
+
+    Starts Tiled (embedded unless --tiled-uri), the ZeroMQ proxy, the online workers
+    (fth, cci), redis-server and the RE Manager (bluesky-queueserver) with speckleflow's
+    startup directory: devices `ccd` (helicity CCD on the simulated magnetic sample),
+    `celeritas` and `scan` (5D-STEM), plans `cci_series`, `cci_until_covered`, `ecm_5d`.
+    Prints the addresses and how to submit a plan with `qserver`; Ctrl-C aborts a
+    running plan and stops every process.
+    """
+    from rich.console import Console
+    from speckleflow.services.serve import ServeOptions, serve
+
+    console = Console()
+    opts = ServeOptions(
+        data_dir=data_dir,
+        tiled_uri=tiled_uri,
+        api_key=api_key,
+        detector_size=detector_size,
+        n_families=families,
+        temperature=temperature,
+        seed=seed,
+        states_file=states_file,
+        open_environment=open_environment,
+    )
+    try:
+        serve(opts, console)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        console.print(f"[red]failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 @app.command("worker")
 def worker_command(
     kind: Annotated[
