@@ -65,6 +65,9 @@ DEFAULT_PHOTONS_PER_FRAME: float = 2.0e5
 #: and the reference ⊗ reference terms stay >= 14 px off every cross term and twin.
 _REFERENCE_OFFSETS_256 = np.array([[-92.0, 37.0], [-93.0, -34.0], [-47.0, 89.0]])
 _MIN_GAP_PX = 1.0
+#: First zero of J1 over 2π: the Airy pattern of a disc of radius R (px) on an n-px grid
+#: has its first dark ring at 0.6098·n/R detector px.
+_AIRY_FIRST_ZERO = 3.8317059702075125 / (2.0 * math.pi)
 _CONFIG_KEYS = (
     "shape",
     "object_center",
@@ -311,13 +314,21 @@ class FTHGeometry:
 def default_geometry(shape: tuple[int, int] = (256, 256)) -> FTHGeometry:
     """A mask with one object aperture and three reference holes, scaled to ``shape``.
 
-    The object radius is min(shape)/8 (32 px for 256 × 256; shrunk by up to 10 % if the
-    rounded, scaled layout needs it, e.g. 15.5 px for 128), references have radius 1.5
-    px (1.0 px below 192 px) and sit at offsets chosen so that every cross term of the
-    Patterson map is clear of the central term (radius 2R), of the other cross terms and
-    of all twins, and stays inside the unaliased box (the speckle is Nyquist-sampled).
-    The object is placed so that the whole mask is centred on the grid. Beamstop radius:
-    round(min(shape)/50) px (5 px for 256), about the central Airy lobe of the object aperture.
+    The grid models one physical mask seen by a larger or smaller detector of the same
+    pixel pitch: the sample-plane pixel shrinks as 1/n, so the mask grows in pixels and
+    its far field does not. Object radius R = min(shape)/8 (32 px for 256 × 256; shrunk
+    by up to 10 % if the rounded, scaled layout needs it, e.g. 15.5 px for 128);
+    reference radius r = 1.5 px × n/256 above 256 (r/R fixed: the references keep their
+    share of the exit wave), 1.5 px from 192 to 256 and 1.0 px below; the references sit at offsets chosen so that every
+    cross term of the Patterson map is clear of the central term (radius 2R), of the
+    other cross terms and of all twins, and stays inside the unaliased box (the speckle
+    is Nyquist-sampled). The object is placed so that the whole mask is centred on the
+    grid. Beamstop radius: the first zero of the object aperture's Airy pattern,
+    round(0.61·n/R) px (5 px for every default grid), so that it hides the central lobe
+    at any n. The number of far-field modes the beamstop leaves unconstrained by the
+    support, ≈ (area of the support)·(area of the beamstop)/n² ∝ (R·b/n)²
+    (Thibault et al., Acta Cryst. A62, 248 (2006)), is then the same for every grid;
+    a beamstop growing as n would give 4× as many at 512 as at 256.
 
     Parameters
     ----------
@@ -340,7 +351,9 @@ def default_geometry(shape: tuple[int, int] = (256, 256)) -> FTHGeometry:
         raise ValueError(f"default_geometry needs shape >= 128 px per axis, got {shape!r}")
     n = min(ny, nx)
     scale = n / 256.0
-    r = 1.5 if n >= 192 else 1.0
+    # above 256 px the same physical holes: r/R as at 256 (1.5/32); below, the smallest
+    # pixelated discs that still fit the layout
+    r = 1.5 * max(scale, 1.0) if n >= 192 else 1.0
     offsets = np.round(_REFERENCE_OFFSETS_256 * scale)
     rel = np.vstack([np.zeros((1, 2)), -offsets])  # object at 0, references at -offset
     error: ValueError | None = None
@@ -358,7 +371,8 @@ def default_geometry(shape: tuple[int, int] = (256, 256)) -> FTHGeometry:
                 object_radius=float(big_r),
                 reference_centers=center[None, :] - offsets,
                 reference_radius=r,
-                beamstop_radius=float(max(2, round(n / 50.0))),
+                # first zero of the aperture's Airy pattern, J1(2π·R·ρ/n) = 0
+                beamstop_radius=float(max(2, round(_AIRY_FIRST_ZERO * n / big_r))),
             )
         except ValueError as exc:
             error = exc

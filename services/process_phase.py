@@ -135,6 +135,8 @@ class StatePhase:
     frc: Any = None
     prtf: tuple[np.ndarray, np.ndarray] | None = None
     kittel: Any = None
+    #: why the Kittel fit of the requested wall failed (no wall, fit on a bound), if it did
+    kittel_error: str | None = None
     figures: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -163,6 +165,8 @@ def _state_summary(s: StatePhase) -> dict[str, Any]:
     if s.kittel is not None:
         out["kittel_delta_px"] = float(s.kittel.delta)
         out["kittel_delta_err_px"] = float(s.kittel.delta_sigma)
+    if s.kittel_error is not None:
+        out["kittel_error"] = s.kittel_error
     return out
 
 
@@ -297,7 +301,10 @@ def process_phase(
         if opts.wall is not None:
             y0, x0, y1, x1 = opts.wall
             x, profile = wall_profile(result.mz, (y0, x0), (y1, x1))
-            state.kittel = kittel_fit(x, profile)
+            try:
+                state.kittel = kittel_fit(x, profile)
+            except ValueError as exc:  # no wall on that line in this state: say so, go on
+                state.kittel_error = str(exc)
         title = f"{name} ({state.n_pairs} pairs)"
         state.figures["mz"] = pfig.mz_figure(result.mz, result.mz_support, pixel_size_nm=pixel, title=title)
         state.figures["errors"] = pfig.error_figure(result.log_plus, result.log_minus, title=title)
@@ -384,6 +391,8 @@ def print_phase_processing(result: PhaseProcessResult, where: str, console: Any)
         if "resolution_px" in s:
             res = f"{s['resolution_px']:.2f} px" + (f" ({s['resolution_nm']:.1f} nm)" if s.get("resolution_nm") else "")
         delta = f"{s['kittel_delta_px']:.2f} ± {s['kittel_delta_err_px']:.2f} px" if "kittel_delta_px" in s else "—"
+        if "kittel_error" in s:
+            delta = "no wall fit (see kittel_error)"
         table.add_row(s["name"], str(s["n_pairs"]), f"{s['fourier_error_plus']:.4f}", res, delta)
     console.print(table)
     console.print(f"results in {where}: analysis/{result.uid}/phase/<state>/ — mz, mz_support, support, "

@@ -68,8 +68,10 @@ class PhaseParams:
         seeded by ``seed``) for the + start.
     seed : int
         Random start.
-    support_dilate_px : int
-        Dilation of the FTH support (px).
+    support_dilate_px : int or None
+        Dilation of the FTH support (px); None: round(R/8) for an object aperture of
+        radius R (:func:`.support.support_from_hologram`), the same relative looseness
+        on every grid.
     tighten_support : bool
         After the + RAAR iterations, cut the object support down to where the smoothed
         |φ_+| >= ``amplitude_threshold`` × its median (the aperture proper): the loose
@@ -115,7 +117,7 @@ class PhaseParams:
     beta: tuple[float, float] = (0.9, 0.9)
     init: str = "support"
     seed: int = 0
-    support_dilate_px: int = 4
+    support_dilate_px: int | None = None
     tighten_support: bool = True
     shrink_wrap_every: int = 0
     shrink_wrap_sigma_px: float = 1.0
@@ -146,12 +148,14 @@ class PhaseParams:
             "coherence_every",
             "coherence_start",
             "coherence_rl_iterations",
-            "support_dilate_px",
             "bin",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        d = self.support_dilate_px
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0):
+            raise ValueError(f"support_dilate_px must be None or an int >= 0, got {d!r}")
         if self.n_raar + self.n_er < 1:
             raise ValueError(f"n_raar + n_er must be >= 1, got {self.n_raar} + {self.n_er}")
         if (

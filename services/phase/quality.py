@@ -299,6 +299,10 @@ class KittelFit:
     residual_rms: float
 
 
+#: A profile holds a wall when its step exceeds this many times its point-to-point noise.
+WALL_SNR: float = 4.0
+
+
 def _tanh_model(
     x: np.ndarray, amplitude: float, x0: float, delta: float, offset: float
 ) -> np.ndarray:
@@ -323,8 +327,17 @@ def kittel_fit(x: np.ndarray, mz: np.ndarray) -> KittelFit:
     Raises
     ------
     ValueError
-        For mismatched or too short arrays, non-finite values, or a fit that fails
-        (the message carries scipy's).
+        For mismatched or too short arrays, non-finite values, a fit that fails (the
+        message carries scipy's), or a profile without a wall: its step (90th − 10th
+        percentile) is not above ``WALL_SNR`` × the point-to-point noise (flat or pure
+        noise), mz − offset does not change sign between the first and the last fifth
+        of the profile, or the fit ends on a bound of x0 (an end of the profile) or δ
+        (the span, i.e. wider than the profile, or 10⁻⁶ span) — a bound is no measurement.
+
+    Notes
+    -----
+    Noise: σ = 1.4826·MAD(Δmz)/√2 over the point-to-point differences Δmz, which a smooth
+    wall hardly changes.
 
     References
     ----------
@@ -341,22 +354,39 @@ def kittel_fit(x: np.ndarray, mz: np.ndarray) -> KittelFit:
     if n_bad:
         raise ValueError(f"x and mz have {n_bad} non-finite values")
     lo, hi = np.percentile(yy, [10, 90])
+    d = np.diff(yy)
+    noise = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
+    if not hi - lo > WALL_SNR * noise:
+        raise ValueError(
+            f"no domain wall in the profile: its step {hi - lo:.3g} (90th − 10th percentile) "
+            f"is not above {WALL_SNR:g} × the noise {noise:.3g}"
+        )
     amp0 = (hi - lo) / 2 * (1 if yy[-1] >= yy[0] else -1)
     mid = (hi + lo) / 2
     x0 = float(xx[np.argmin(np.abs(yy - mid))])
     span = float(xx[-1] - xx[0])
     p0 = [amp0, x0, span / 10, mid]
+    lower = [-np.inf, xx[0], 1e-6 * span, -np.inf]
+    upper = [np.inf, xx[-1], span, np.inf]
     try:
-        popt, pcov = curve_fit(
-            _tanh_model,
-            xx,
-            yy,
-            p0=p0,
-            bounds=([-np.inf, xx[0], 1e-6 * span, -np.inf], [np.inf, xx[-1], span, np.inf]),
-            maxfev=20000,
-        )
+        popt, pcov = curve_fit(_tanh_model, xx, yy, p0=p0, bounds=(lower, upper), maxfev=20000)
     except (RuntimeError, ValueError) as exc:
         raise ValueError(f"Kittel fit failed: {exc}") from exc
+    q = max(2, xx.size // 5)
+    left, right = float(yy[:q].mean() - popt[3]), float(yy[-q:].mean() - popt[3])
+    if not left * right < 0:
+        raise ValueError(
+            "no domain wall in the profile: mz − offset does not change sign "
+            f"(first fifth {left:.3g}, last fifth {right:.3g}, offset {popt[3]:.3g})"
+        )
+    for i, name in ((1, "x0"), (2, "delta")):
+        tol = 1e-3 * (upper[i] - lower[i])
+        if popt[i] - lower[i] <= tol or upper[i] - popt[i] <= tol:
+            raise ValueError(
+                f"Kittel fit hit the bound {name} = {popt[i]:.4g} (allowed "
+                f"[{lower[i]:.4g}, {upper[i]:.4g}]): no wall of measurable width in the "
+                "profile (wider than the profile, sharper than its sampling, or at its end)"
+            )
     resid = yy - _tanh_model(xx, *popt)
     sig = float(np.sqrt(pcov[2, 2])) if np.isfinite(pcov[2, 2]) else float("inf")
     return KittelFit(

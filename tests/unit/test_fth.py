@@ -57,6 +57,17 @@ def test_default_geometry_scales(shape: tuple[int, int]) -> None:
     assert 0.9 * min(shape) / 8 <= g.object_radius <= min(shape) / 8
 
 
+@pytest.mark.parametrize("n", [128, 192, 384, 512, 1024])
+def test_default_geometry_keeps_the_physics_of_256(n: int) -> None:
+    """The same mask on a larger detector of the same pitch: the beamstop stays at the
+    first Airy zero of the aperture (0.61·n/R px), the references keep r/R above 256."""
+    g = default_geometry((n, n))
+    airy = 3.8317 / (2 * np.pi) * n / g.object_radius
+    assert abs(g.beamstop_radius - airy) <= 0.5
+    if n > 256:
+        assert g.reference_radius / g.object_radius == pytest.approx(1.5 / 32.0)
+
+
 def test_default_geometry_rejects_small_grid() -> None:
     with pytest.raises(ValueError, match=r"\(64, 64\)"):
         default_geometry((64, 64))
