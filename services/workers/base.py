@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from speckleflow.streaming import (
     BusReceiver,
+    CurveConfig,
     DocumentMessage,
     FrameMessage,
     HeartbeatMessage,
@@ -71,6 +72,8 @@ class Worker:
         Flushed on shutdown.
     status_interval : float
         Seconds between status reports.
+    curve : CurveConfig, optional
+        CURVE keys for the bus and status links (this worker is the client of both).
     """
 
     def __init__(
@@ -82,10 +85,11 @@ class Worker:
         results: ResultsPublisher | None = None,
         status_interval: float = 0.5,
         rcvhwm: int = 10_000,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.unit = unit
-        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm)
-        self.status_pusher = StatusPusher(status_address) if status_address else None
+        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
+        self.status_pusher = StatusPusher(status_address, curve=curve) if status_address else None
         self.results = results
         self.status_interval = status_interval
         self.stop_event = threading.Event()
