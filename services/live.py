@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from speckleflow.streaming import BusPublisher, StatusCollector
+from speckleflow.streaming import BusPublisher, CurveConfig, StatusCollector
 
 from .layout import RAW, ensure_layout, provenance
 from .processes import ChildProcess, free_tcp_port, wait_until
@@ -121,9 +121,11 @@ class LiveSession:
             self.data_dir.logs / "proxy.log",
         ).start()
 
-        self.collector = StatusCollector(f"tcp://{self.host}:*")
+        # CURVE only when the environment configures it (the children inherit it).
+        curve = CurveConfig.from_env()
+        self.collector = StatusCollector(f"tcp://{self.host}:*", curve=curve)
         self.status_address = self.collector.address
-        self.publisher = BusPublisher(self.frontend)
+        self.publisher = BusPublisher(self.frontend, curve=curve)
 
         for kind in self.worker_kinds:
             self.start_worker(kind)

@@ -1,9 +1,12 @@
 """Serve a persistent, writable Tiled catalog; the process the embedded server runs.
 
 Equivalent to ``tiled serve catalog DB --init -w FILES -w sqlite:///TABULAR -r DETECTOR``
-but the single-user API key comes from the environment variable
-``SPECKLEFLOW_TILED_API_KEY`` and is never printed (``tiled serve`` prints it, and a
-key on the command line is visible to every user of the machine in ``ps``).
+with Tiled's multi-user access control: the writer key (environment variable
+``SPECKLEFLOW_TILED_API_KEY``) and an optional read-only key
+(``SPECKLEFLOW_TILED_READ_API_KEY``) are provisioned as scoped API keys in Tiled's
+authentication database ``DIR/authn.db`` (see :mod:`speckleflow.services.tiled_auth`).
+Keys come from the environment and are never printed (``tiled serve`` prints its key,
+and a key on the command line is visible to every user of the machine in ``ps``).
 
 Run as ``python -m speckleflow.services.tiled_app --data-dir DIR --port N``.
 """
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 KEY_ENV = "SPECKLEFLOW_TILED_API_KEY"
+READ_KEY_ENV = "SPECKLEFLOW_TILED_READ_API_KEY"
 
 #: How long a table write waits for another writer's SQLite lock, ms.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -70,14 +74,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {KEY_ENV} is not set; refusing to serve without an API key", file=sys.stderr)
         return 2
 
+    from .tiled_auth import READER, WRITER, authentication, check_key, provision_api_keys
+
+    read_key = os.environ.get(READ_KEY_ENV) or None
+    try:
+        check_key(api_key, KEY_ENV)
+        if read_key is not None:
+            check_key(read_key, READ_KEY_ENV)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     _wait_for_sqlite_locks()
     from tiled.catalog import from_uri
-    from tiled.config import Authentication
+    from tiled.config import Database
     from tiled.server.app import build_app
 
     d = args.data_dir.resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    authn_uri = f"sqlite:///{d / 'authn.db'}"
+    keys = {WRITER: api_key} | ({READER: read_key} if read_key else {})
+    try:
+        provision_api_keys(authn_uri, keys)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     readable = [d / "detector", *(p.resolve() for p in args.read)]
     tree = from_uri(
         f"sqlite:///{d / 'catalog.db'}",
@@ -85,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         readable_storage=[str(p) for p in readable],
         init_if_not_exists=True,
     )
-    app = build_app(tree, Authentication(single_user_api_key=api_key))
+    app = build_app(
+        tree,
+        authentication(),
+        server_settings={"database": Database(uri=authn_uri, init_if_not_exists=False)},
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -11,7 +11,9 @@ Layout of a data directory (``--data-dir``)::
     DIR/detector/         detector HDF5 files, registered read-only (``-r``)
     DIR/backup/           TiledWriter's JSON-lines backup of runs it could not write
     DIR/logs/             one log file per child process
+    DIR/authn.db          Tiled's authentication database (principals, hashed API keys)
     DIR/.api_key          the writer key (mode 0600), made once per directory
+    DIR/.read_api_key     the read-only key (mode 0600) for dashboards and clients
 
 The server is :mod:`speckleflow.services.tiled_app` (Tiled's catalog and app) in a
 child process, bound to 127.0.0.1.
@@ -31,7 +33,7 @@ from typing import Any
 import httpx
 
 from .processes import ChildProcess, free_tcp_port, wait_until
-from .tiled_app import KEY_ENV
+from .tiled_app import KEY_ENV, READ_KEY_ENV
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,21 @@ class DataDirectory:
 
     def api_key(self) -> str:
         """The directory's writer API key, created (mode 0600) on first use."""
-        path = self.root / ".api_key"
+        return self._key(".api_key")
+
+    def read_api_key(self) -> str:
+        """The directory's read-only API key (scopes read:metadata, read:data), made like the writer key."""
+        return self._key(".read_api_key")
+
+    def _key(self, name: str) -> str:
+        path = self.root / name
         if path.exists():
             return path.read_text().strip()
         key = secrets.token_hex(16)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_text().strip()
         with os.fdopen(fd, "w") as f:
             f.write(key)
         return key
@@ -91,7 +103,10 @@ class EmbeddedTiled:
     data_dir : DataDirectory
         Where the catalog, storage and detector files live.
     api_key : str
-        Single-user API key; required for every request (reads and writes).
+        Writer API key; every request needs a key (anonymous access is off).
+    read_api_key : str, optional
+        Read-only API key (reads of raw/ and analysis/, writes refused); default the
+        data directory's.
     port : int, optional
         TCP port; a free one is chosen when omitted.
     host : str
@@ -103,11 +118,13 @@ class EmbeddedTiled:
         data_dir: DataDirectory,
         api_key: str,
         *,
+        read_api_key: str | None = None,
         port: int | None = None,
         host: str = "127.0.0.1",
     ) -> None:
         self.data_dir = data_dir
         self.api_key = api_key
+        self.read_api_key = read_api_key or data_dir.read_api_key()
         self.host = host
         self.port = port or free_tcp_port(host)
         self.process: ChildProcess | None = None
@@ -150,7 +167,7 @@ class EmbeddedTiled:
             "tiled",
             self.argv(),
             self.data_dir.logs / "tiled.log",
-            env={KEY_ENV: self.api_key},
+            env={KEY_ENV: self.api_key, READ_KEY_ENV: self.read_api_key},
         ).start()
 
         def exited() -> str | None:

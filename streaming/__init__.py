@@ -7,9 +7,11 @@ Imports only pyzmq, msgpack and numpy. Modules, one concept each:
   :class:`StatusPusher` / :class:`StatusCollector` (worker status, PUSH/PULL);
 - :mod:`.sequence` — :class:`SequenceTracker` (gaps from sequence numbers);
 - :mod:`.receiver` — :class:`BusReceiver` (SUB, decode, count);
-- :mod:`.proxy` — :func:`run_proxy`, :class:`ProxyThread` (XSUB/XPUB forwarder).
+- :mod:`.proxy` — :func:`run_proxy`, :class:`ProxyThread` (XSUB/XPUB forwarder);
+- :mod:`.curve` — :class:`CurveConfig` (optional CURVE encryption for links between hosts).
 """
 
+from .curve import CurveConfig, make_certificate, stop_authenticators
 from .protocol import (
     DOCUMENT_NAMES,
     DOCUMENT_STREAM,
@@ -68,6 +70,7 @@ __all__ = [
     "TOPIC_STATUS",
     "BusPublisher",
     "BusReceiver",
+    "CurveConfig",
     "DocumentMessage",
     "FrameDecodeError",
     "FrameHeader",
@@ -85,7 +88,9 @@ __all__ = [
     "encode_frames",
     "encode_heartbeat",
     "encode_status",
+    "make_certificate",
     "pack_document",
     "run_proxy",
+    "stop_authenticators",
     "to_builtin",
 ]

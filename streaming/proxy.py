@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import zmq
 
+from .curve import CurveConfig, stop_authenticators
 from .publisher import DEFAULT_HWM
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_FRONTEND", "ProxyThread", "main", "run_proxy"]
@@ -32,7 +33,7 @@ _ids = itertools.count()
 
 
 def _bind_pair(
-    context: zmq.Context, frontend: str, backend: str, hwm: int
+    context: zmq.Context, frontend: str, backend: str, hwm: int, curve: CurveConfig | None = None
 ) -> tuple[zmq.Socket, zmq.Socket]:
     xsub = context.socket(zmq.XSUB)
     xpub = context.socket(zmq.XPUB)
@@ -41,6 +42,8 @@ def _bind_pair(
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SNDHWM, hwm)
             socket.setsockopt(zmq.RCVHWM, hwm)
+            if curve is not None:
+                curve.secure_server(socket)
         xsub.bind(frontend)
         xpub.bind(backend)
     except Exception:
@@ -61,6 +64,7 @@ def run_proxy(
     *,
     context: zmq.Context | None = None,
     hwm: int = DEFAULT_HWM,
+    curve: CurveConfig | None = None,
 ) -> None:
     """Forward the bus in the calling thread until `context` is terminated.
 
@@ -75,9 +79,11 @@ def run_proxy(
         ends the proxy (use :class:`ProxyThread` for a stoppable embedded proxy).
     hwm : int, optional
         Send and receive high-water marks of both sockets, in messages.
+    curve : CurveConfig, optional
+        Both sockets are CURVE servers (publishers and subscribers its clients).
     """
     context = context or zmq.Context.instance()
-    xsub, xpub = _bind_pair(context, frontend, backend, hwm)
+    xsub, xpub = _bind_pair(context, frontend, backend, hwm, curve)
     logger.info("proxy: publishers -> %s, subscribers -> %s", _endpoint(xsub), _endpoint(xpub))
     try:
         zmq.proxy(xsub, xpub)
@@ -101,6 +107,8 @@ class ProxyThread:
         Default ``zmq.Context.instance()``.
     hwm : int, optional
         High-water marks of the proxy sockets, in messages.
+    curve : CurveConfig, optional
+        Both sockets are CURVE servers; default plain TCP (loopback).
 
     Examples
     --------
@@ -116,7 +124,9 @@ class ProxyThread:
         *,
         context: zmq.Context | None = None,
         hwm: int = DEFAULT_HWM,
+        curve: CurveConfig | None = None,
     ) -> None:
+        self._curve = curve
         self._frontend = frontend
         self._backend = backend
         self._context = context or zmq.Context.instance()
@@ -177,7 +187,9 @@ class ProxyThread:
         sockets: tuple[zmq.Socket, ...] = (control,)
         try:
             control.bind(self._control)
-            xsub, xpub = _bind_pair(self._context, self._frontend, self._backend, self._hwm)
+            xsub, xpub = _bind_pair(
+                self._context, self._frontend, self._backend, self._hwm, self._curve
+            )
             sockets = (control, xsub, xpub)
             self._addresses = (_endpoint(xsub), _endpoint(xpub))
         except Exception as exc:  # noqa: BLE001 — re-raised by start() in the caller
@@ -236,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ----------
     argv : sequence of str, optional
         Arguments (default ``sys.argv[1:]``): ``--frontend``, ``--backend``,
-        ``--hwm``.
+        ``--hwm``. CURVE encryption from the environment
+        (:meth:`CurveConfig.from_env <speckleflow.streaming.curve.CurveConfig.from_env>`).
 
     Returns
     -------
@@ -262,7 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous: dict[int, Any] = {
         signum: signal.signal(signum, _on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
     }
-    proxy = ProxyThread(args.frontend, args.backend, hwm=args.hwm)
+    try:
+        curve = CurveConfig.from_env()
+    except ValueError as exc:
+        print(f"speckleflow proxy: CURVE configuration: {exc}", file=sys.stderr)
+        return 2
+    proxy = ProxyThread(args.frontend, args.backend, hwm=args.hwm, curve=curve)
     try:
         try:
             proxy.start()
@@ -278,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     finally:
         proxy.stop()
+        stop_authenticators()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0

@@ -16,6 +16,7 @@ from typing import Any, Self
 import numpy as np
 import zmq
 
+from .curve import CurveConfig
 from .protocol import (
     DOCUMENT_NAMES,
     DOCUMENT_STREAM,
@@ -68,6 +69,9 @@ class BusPublisher:
         peer (receivers see the gap in the sequence numbers).
     name : str, optional
         Names this publisher in its heartbeats.
+    curve : CurveConfig, optional
+        Encrypt the link (CURVE server when binding, client when connecting); default
+        plain TCP (loopback).
 
     Notes
     -----
@@ -83,6 +87,7 @@ class BusPublisher:
         context: zmq.Context | None = None,
         sndhwm: int = DEFAULT_HWM,
         name: str = "",
+        curve: CurveConfig | None = None,
     ) -> None:
         if sndhwm < 0:
             raise ValueError(f"sndhwm must be >= 0, got {sndhwm}")
@@ -91,6 +96,8 @@ class BusPublisher:
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            (curve.secure_server if bind else curve.secure_client)(self._socket)
         if bind:
             self._socket.bind(address)
             self.address = _resolved_endpoint(self._socket)
@@ -296,6 +303,8 @@ class StatusPusher:
         Reports queued beyond this many are dropped and counted in :attr:`dropped`.
     name : str, optional
         Names the sender in the header's ``stream``.
+    curve : CurveConfig, optional
+        Encrypt the link (this end is the CURVE client).
     """
 
     def __init__(
@@ -305,6 +314,7 @@ class StatusPusher:
         context: zmq.Context | None = None,
         sndhwm: int = 1000,
         name: str = "",
+        curve: CurveConfig | None = None,
     ) -> None:
         self.name = name
         self.dropped = 0
@@ -313,6 +323,8 @@ class StatusPusher:
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.secure_client(self._socket)
         self._socket.connect(address)
         self._closed = False
 
@@ -369,6 +381,8 @@ class StatusCollector:
         Default ``zmq.Context.instance()``.
     rcvhwm : int, optional
         Receive high-water mark, in messages.
+    curve : CurveConfig, optional
+        Encrypt the link (this end is the CURVE server).
 
     Attributes
     ----------
@@ -384,10 +398,13 @@ class StatusCollector:
         *,
         context: zmq.Context | None = None,
         rcvhwm: int = DEFAULT_HWM,
+        curve: CurveConfig | None = None,
     ) -> None:
         self._socket = (context or zmq.Context.instance()).socket(zmq.PULL)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.secure_server(self._socket)
         self._socket.bind(address)
         self.address = _resolved_endpoint(self._socket)
         self.decode_errors = 0

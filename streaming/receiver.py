@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import zmq
 
+from .curve import CurveConfig
 from .protocol import (
     TOPIC_DOCUMENT,
     TOPIC_FRAME,
@@ -53,6 +54,8 @@ class BusReceiver:
         Share or inspect the sequence bookkeeping; default a new one.
     warn_interval_s : float, optional
         Minimum time between two warnings about the same field, seconds.
+    curve : CurveConfig, optional
+        Encrypt the link (this end is the CURVE client); default plain TCP.
 
     Attributes
     ----------
@@ -70,6 +73,7 @@ class BusReceiver:
         rcvhwm: int = DEFAULT_HWM,
         tracker: SequenceTracker | None = None,
         warn_interval_s: float = 5.0,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.address = address
         self.tracker = tracker if tracker is not None else SequenceTracker()
@@ -85,6 +89,8 @@ class BusReceiver:
         self._socket.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic)
+        if curve is not None:
+            curve.secure_client(self._socket)
         self._socket.connect(address)
 
     def recv(self, timeout_ms: int | None = None) -> Message | None:

@@ -369,7 +369,8 @@ def worker_command(
 ) -> None:
     """One online worker process (what `speckleflow run` starts and compose.yaml runs).
 
-    The Tiled API key comes from SPECKLEFLOW_API_KEY (never the command line).
+    The Tiled API key comes from SPECKLEFLOW_API_KEY (never the command line); CURVE
+    encryption of the bus from SPECKLEFLOW_CURVE_* (see speckleflow.streaming.curve).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -377,6 +378,7 @@ def worker_command(
 
     from speckleflow.services.results import ResultsPublisher
     from speckleflow.services.workers.base import Worker
+    from speckleflow.streaming import CurveConfig
 
     api_key = os.environ.get("SPECKLEFLOW_API_KEY")
     results = ResultsPublisher(lambda: from_uri(tiled_uri, api_key=api_key))
@@ -388,7 +390,7 @@ def worker_command(
         from speckleflow.services.workers.fth_worker import FTHPreviewUnit
 
         unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate)
-    worker = Worker(unit, bus, status_address=status, results=results)
+    worker = Worker(unit, bus, status_address=status, results=results, curve=CurveConfig.from_env())
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())
 

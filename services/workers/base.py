@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from speckleflow.streaming import (
     BusReceiver,
+    CurveConfig,
     DocumentMessage,
     FrameMessage,
     HeartbeatMessage,
@@ -75,6 +76,8 @@ class Worker:
         Flushed on shutdown.
     status_interval : float
         Seconds between status reports.
+    curve : CurveConfig, optional
+        CURVE keys for the bus and status links (this worker is the client of both).
     """
 
     def __init__(
@@ -87,10 +90,11 @@ class Worker:
         status_interval: float = 0.5,
         rcvhwm: int = 10_000,
         tiled_status_interval: float = 1.0,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.unit = unit
-        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm)
-        self.status_pusher = StatusPusher(status_address) if status_address else None
+        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
+        self.status_pusher = StatusPusher(status_address, curve=curve) if status_address else None
         self.results = results
         self.status_interval = status_interval
         self.stop_event = threading.Event()
