@@ -43,7 +43,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-
 from speckleflow.services.g2.multitau import MultiTauCorrelator
 from speckleflow.services.g2.twotime import TwoTimeCorrelator
 

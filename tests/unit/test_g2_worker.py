@@ -30,19 +30,19 @@ class RecordingResults:
         self.ops.append((kind, path, payload, kw))
         return True
 
-    def replace_array(self, path, array, **kw):  # noqa: ANN001, ANN201
+    def replace_array(self, path, array, **kw):
         return self._rec("replace_array", path, array, **kw)
 
-    def replace_table(self, path, columns, **kw):  # noqa: ANN001, ANN201
+    def replace_table(self, path, columns, **kw):
         return self._rec("replace_table", path, columns, **kw)
 
-    def extend_array(self, path, rows, **kw):  # noqa: ANN001, ANN201
+    def extend_array(self, path, rows, **kw):
         return self._rec("extend_array", path, rows, **kw)
 
-    def append_table(self, path, columns, **kw):  # noqa: ANN001, ANN201
+    def append_table(self, path, columns, **kw):
         return self._rec("append_table", path, columns, **kw)
 
-    def update_metadata(self, path, metadata):  # noqa: ANN001, ANN201
+    def update_metadata(self, path, metadata):
         return self._rec("metadata", path, None, metadata=metadata)
 
     def last(self, kind: str, path: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
@@ -128,7 +128,6 @@ def test_ensemble_g2_equals_a_multitau_correlator_on_the_same_bin_sums(small_run
     adf = np.concatenate([p for k, path, p, _ in results.ops
                           if k == "extend_array" and path == (UID, "g2", "virtual", "adf")])
     assert adf.shape == (repeats, ny, nx)
-    ring = polar_binning(DetectorGeometry.from_mapping(sample.geometry()))  # noqa: F841 - same geometry
     mask = unit.ecm.detectors.adf_mask
     first = frames[: nx * ny].astype(np.int64)[:, mask].sum(axis=1)
     np.testing.assert_array_equal(adf[0][pts.iy[: nx * ny], pts.ix[: nx * ny]], first)
@@ -137,7 +136,7 @@ def test_ensemble_g2_equals_a_multitau_correlator_on_the_same_bin_sums(small_run
 
 
 def test_frames_before_the_descriptor_are_kept_and_a_lost_frame_does_not_stall(small_run):
-    sample, pts, frames, (nx, ny, repeats, rate) = small_run
+    sample, pts, frames, (nx, ny, repeats, _rate) = small_run
     results = RecordingResults()
     unit = G2Unit(results)  # type: ignore[arg-type]
     unit.start_run(UID, {"uid": UID})  # no shape: the raster comes from the frame headers
