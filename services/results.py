@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Op:
-    kind: str  # "extend_array" | "write_array" | "append_table" | "metadata"
+    kind: str  # "extend_array" | "write_array" | "replace_array" | "append_table" | "replace_table" | "metadata"
     path: tuple[str, ...]  # (run_uid, technique, name) below analysis/
     payload: Any = None
     metadata: dict[str, Any] | None = None
@@ -127,6 +127,35 @@ class ResultsPublisher:
     ) -> bool:
         """Create the array at ``path`` (once; a second write to the same path fails and is counted)."""
         return self._submit(_Op("write_array", path, np.ascontiguousarray(array), metadata, dims))
+
+    def replace_array(
+        self,
+        path: tuple[str, ...],
+        array: np.ndarray,
+        *,
+        dims: list[str],
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Write ``array`` at ``path``, replacing what is there (a live result that is
+        recomputed, e.g. an ensemble g2): created on first use, overwritten in place
+        (``patch`` at offset 0) while the shape stays, deleted and rewritten when it
+        changes. Droppable: a newer replacement supersedes it."""
+        return self._submit(
+            _Op("replace_array", path, np.ascontiguousarray(array), metadata, dims, droppable=True)
+        )
+
+    def replace_table(
+        self,
+        path: tuple[str, ...],
+        columns: dict[str, np.ndarray | list],
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> bool:
+        """Write a table at ``path`` replacing its rows (e.g. one KWW fit row per k_r bin)."""
+        lengths = {k: len(v) for k, v in columns.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"columns of unequal length: {lengths}")
+        return self._submit(_Op("replace_table", path, dict(columns), metadata, droppable=True))
 
     def append_table(
         self,
@@ -252,8 +281,12 @@ class ResultsPublisher:
             )
         elif op.kind == "extend_array":
             self._extend(parent, key, op)
+        elif op.kind == "replace_array":
+            self._replace_array(parent, key, op)
         elif op.kind == "append_table":
             self._append_table(parent, key, op)
+        elif op.kind == "replace_table":
+            self._replace_table(parent, key, op)
         else:  # pragma: no cover
             raise ValueError(f"unknown operation {op.kind!r}")
 
@@ -273,6 +306,29 @@ class ResultsPublisher:
         self._lengths[op.path] = offset + rows.shape[0]
         if op.metadata:
             node.update_metadata(metadata=op.metadata, drop_revision=True)
+
+    def _replace_array(self, parent, key: str, op: _Op) -> None:
+        array = op.payload
+        node = self._existing(parent, op.path)
+        if node is not None and tuple(node.shape) == array.shape and node.dtype == array.dtype:
+            node.patch(array, offset=(0,) * array.ndim)
+            if op.metadata:
+                node.update_metadata(metadata=op.metadata, drop_revision=True)
+            return
+        if node is not None:
+            node.delete(external_only=False)
+            self._nodes.pop(op.path, None)
+        self._nodes[op.path] = parent.write_array(array, key=key, metadata=op.metadata or {}, dims=op.dims)
+
+    def _replace_table(self, parent, key: str, op: _Op) -> None:
+        import pandas as pd
+
+        frame = pd.DataFrame({k: np.asarray(v) for k, v in op.payload.items()})
+        node = self._existing(parent, op.path)
+        if node is not None:
+            node.delete(external_only=False)
+            self._nodes.pop(op.path, None)
+        self._nodes[op.path] = parent.write_dataframe(frame, key=key, metadata=op.metadata or {})
 
     def _append_table(self, parent, key: str, op: _Op) -> None:
         import pyarrow as pa

@@ -10,7 +10,6 @@ Ctrl-C aborts the run cleanly (stop document ``abort``) and stops every process.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .live import LiveSession
+from .live_display import add_worker_rows, serve_until_interrupted, worker_table
 from .tiled_server import DataDirectory
 
 
@@ -99,24 +99,6 @@ class _RunMonitor:
 
 
 def _status_table(session: LiveSession, monitor: _RunMonitor) -> Table:
-    table = Table(title="online workers", expand=False)
-    for col in ("worker", "state", "processed", "missed", "dropped", "lag (s)", "results", "estimate"):
-        table.add_column(col)
-    for h in session.workers.values():
-        s = h.status
-        alive = h.process.alive()
-        results = s.get("results", {})
-        unit = s.get("unit", {})
-        table.add_row(
-            h.kind,
-            s.get("run_state", "starting") if alive else f"[red]exited ({h.process.returncode})[/red]",
-            str(s.get("frames_processed", 0)),
-            str(s.get("missed", 0)),
-            str(sum(s.get("dropped", {}).values())),
-            f"{s.get('lag_s', 0):.3f}",
-            f"{results.get('written', 0)} written, {results.get('pending', 0)} pending",
-            ", ".join(_brief(k, v) for k, v in unit.items()),
-        )
     truth = "—" if monitor.truth_state is None else str(monitor.truth_state)
     cci = session.workers.get("cci")
     online = ""
@@ -127,14 +109,7 @@ def _status_table(session: LiveSession, monitor: _RunMonitor) -> Table:
             f"online estimate: {'unassigned' if current < 0 else f'state {current}'} "
             f"of {u['n_templates']} found (own numbering) · "
         )
-    table.caption = f"{online}simulator truth: state {truth}"
-    return table
-
-
-def _brief(key: str, value: Any) -> str:
-    if isinstance(value, dict):  # e.g. latency_ms {p50, p99, max}
-        return f"{key} p99={value.get('p99', '—')}" if value else f"{key} —"
-    return f"{key}={value}"
+    return worker_table(session, f"{online}simulator truth: state {truth}")
 
 
 def run_cci(
@@ -263,7 +238,7 @@ def run_cci(
     finally:
         session.stop(keep_tiled=keep)
         if keep and session.tiled is not None:
-            _serve_until_interrupted(session, console)
+            serve_until_interrupted(session, console)
 
 
 def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, console: Console) -> Any:
@@ -312,22 +287,6 @@ def _phase_at_run_end(session: LiveSession, uid: str, console: Console) -> Any:
     return out
 
 
-def _serve_until_interrupted(session: LiveSession, console: Console) -> None:
-    """Keep the embedded Tiled server up for clients (``--keep-serving``) until Ctrl-C."""
-    assert session.tiled is not None and session.tiled.process is not None
-    console.print(
-        f"Tiled stays up at [bold]{session.tiled_uri}[/bold] "
-        f"(API key in {session.data_dir.root / '.api_key'}); Ctrl-C stops it."
-    )
-    try:
-        while session.tiled.process.alive():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        session.tiled.stop()
-
-
 def print_summary(result: RunResult, console: Console, data_dir: Path) -> None:
     """The end-of-run summary: where everything is and what each worker saw."""
     console.print()  # the live display ends without a newline after its caption
@@ -336,11 +295,7 @@ def print_summary(result: RunResult, console: Console, data_dir: Path) -> None:
     table.add_column("value", justify="right")
     table.add_row("frames acquired", str(result.frames_acquired))
     table.add_row("frames in the raw record (Tiled)", str(result.frames_in_raw))
-    for kind, s in result.worker_status.items():
-        table.add_row(f"frames processed by worker {kind}", str(s.get("frames_processed", 0)))
-        table.add_row(f"frames missed on the bus ({kind})", str(s.get("missed", 0)))
-        dropped = s.get("dropped", {})
-        table.add_row(f"frames dropped by {kind}", str(sum(dropped.values())) + (f" {dropped}" if dropped else ""))
+    add_worker_rows(table, result.worker_status)
     console.print(table)
     for gap in result.gaps:
         console.print(f"[red]gap:[/red] {gap['reason']}; {gap['missing']} frames not processed online")

@@ -27,6 +27,7 @@ app.add_typer(run_app, name="run")
 class WorkerKind(str, Enum):
     fth = "fth"
     cci = "cci"
+    g2 = "g2"
 
 
 DataDirOpt = Annotated[
@@ -84,7 +85,6 @@ def run_cci_command(
     prints the run uid and where its raw frames and results are. Ctrl-C aborts cleanly.
     """
     from rich.console import Console
-
     from speckleflow.services.run_cci import CCIRunOptions, run_cci
 
     console = Console()
@@ -107,6 +107,59 @@ def run_cci_command(
     try:
         result = run_cci(opts, console)
     except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if result.exit_status != "success":
+        raise typer.Exit(1 if result.exit_status == "fail" else 130)
+
+
+@run_app.command("ecm")
+def run_ecm_command(
+    nx: Annotated[int, typer.Option(help="Scan positions per row (fast axis).", min=1)] = 16,
+    ny: Annotated[int, typer.Option(help="Scan rows.", min=1)] = 16,
+    repeats: Annotated[int, typer.Option(help="Rasters N_t acquired without interruption.", min=2)] = 100,
+    frame_rate: Annotated[float, typer.Option(help="Camera frame rate f, Hz (dwell 1/f).")] = 10_000.0,
+    dose: Annotated[float, typer.Option(help="Electrons per pixel on the first ring per frame, I_s/(f·N_d).")] = 1.0,
+    tau: Annotated[float, typer.Option(help="The simulated sample's median relaxation time τ, s.")] = 1.0,
+    expected_tau: Annotated[
+        float | None,
+        typer.Option(help="τ, s, the time-sampling check assumes (default: --tau).", show_default=False),
+    ] = None,
+    override: Annotated[
+        bool, typer.Option(help="Acquire even if a constraint fails (recorded in the start document).")
+    ] = False,
+    detector: Annotated[
+        tuple[int, int], typer.Option(help="Camera readout ROWS COLS, pixels.")
+    ] = (128, 256),
+    seed: Annotated[int, typer.Option(help="Seed of the sample model, dynamics and counting noise.")] = 0,
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+    keep_serving: Annotated[bool, typer.Option(help="Leave the embedded Tiled server up after the run, for clients.")] = False,
+) -> None:
+    """k-resolved electron correlation microscopy: a 5D-STEM raster of a supercooled liquid.
+
+    Checks the acquisition constraints (N_x·N_y/f < 0.05 τ, ≥ 1 electron per pixel on the
+    first ring; refuses with exit code 2 unless --override), starts an embedded Tiled
+    server (unless --tiled-uri), the ZeroMQ proxy and the online g2 worker, runs `ecm_5d`
+    with a DE-Celeritas-like camera, shows progress and the live τ next to the truth, and
+    prints where the raw run and the live g2 results are.
+    """
+    from rich.console import Console
+    from speckleflow.services.run_ecm import ECMRunOptions, run_ecm
+
+    console = Console()
+    opts = ECMRunOptions(
+        nx=nx, ny=ny, repeats=repeats, frame_rate=frame_rate, dose=dose, tau=tau, expected_tau=expected_tau,
+        override=override, detector_rows=detector[0], detector_cols=detector[1], seed=seed, data_dir=data_dir,
+        tiled_uri=tiled_uri, api_key=api_key, keep_serving=keep_serving,
+    )
+    try:
+        result = run_ecm(opts, console)
+    except ValueError as exc:  # AcquisitionConstraintError is one
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     except (RuntimeError, TimeoutError) as exc:
@@ -164,8 +217,11 @@ def process_cci_command(
     the online worker's `assignments` table stays.
     """
     from rich.console import Console
-
-    from speckleflow.services.process_cci import CCIProcessOptions, print_cci_processing, process_cci
+    from speckleflow.services.process_cci import (
+        CCIProcessOptions,
+        print_cci_processing,
+        process_cci,
+    )
     from speckleflow.services.progress import StepProgress
     from speckleflow.services.raw_runs import RunContentError, UnknownRunError
     from speckleflow.services.tiled_server import tiled_client
@@ -273,9 +329,12 @@ def process_phase_command(
     Results replace an earlier retrieval under analysis/<uid>/phase/<state>/.
     """
     from rich.console import Console
-
     from speckleflow.services.phase import PhaseParams
-    from speckleflow.services.process_phase import PhaseProcessOptions, print_phase_processing, process_phase
+    from speckleflow.services.process_phase import (
+        PhaseProcessOptions,
+        print_phase_processing,
+        process_phase,
+    )
     from speckleflow.services.progress import StepProgress
     from speckleflow.services.raw_runs import RunContentError, UnknownRunError
     from speckleflow.services.tiled_server import tiled_client
@@ -359,13 +418,17 @@ def serve_command(
 def worker_command(
     kind: Annotated[
         WorkerKind,
-        typer.Argument(help="Which online worker: fth (FTH preview) or cci (online CCI state assignment)."),
+        typer.Argument(help="Which online worker: fth (FTH preview), cci (online CCI state assignment) or "
+                       "g2 (rolling g2 / live τ of a 5D-STEM ECM run)."),
     ],
     bus: Annotated[str, typer.Option(help="The proxy's XPUB endpoint to subscribe to, e.g. tcp://127.0.0.1:5568.")],
     tiled_uri: Annotated[str, typer.Option(envvar="SPECKLEFLOW_TILED_URI", help="Tiled server for results.")],
     status: Annotated[str | None, typer.Option(help="Orchestrator's PULL endpoint for status reports.")] = None,
     n_rolling: Annotated[int, typer.Option(help="fth: pairs in the rolling preview sum.")] = 20,
-    rate: Annotated[float, typer.Option(help="Maximum result updates per second (Hz).")] = 2.0,
+    rate: Annotated[float, typer.Option(help="Maximum result updates per second (Hz); g2 at most 1.")] = 2.0,
+    detector: Annotated[
+        str | None, typer.Option(help="Detector (bus stream) to use; default ccd (fth, cci), celeritas (g2).")
+    ] = None,
 ) -> None:
     """One online worker process (what `speckleflow run` starts and compose.yaml runs).
 
@@ -374,22 +437,25 @@ def worker_command(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    from tiled.client import from_uri
-
     from speckleflow.services.results import ResultsPublisher
     from speckleflow.services.workers.base import Worker
     from speckleflow.streaming import CurveConfig
+    from tiled.client import from_uri
 
     api_key = os.environ.get("SPECKLEFLOW_API_KEY")
     results = ResultsPublisher(lambda: from_uri(tiled_uri, api_key=api_key))
     if kind is WorkerKind.cci:
         from speckleflow.services.workers.cci_worker import CCIAssignmentUnit
 
-        unit = CCIAssignmentUnit(results, rate_hz=rate)
+        unit = CCIAssignmentUnit(results, rate_hz=rate, detector=detector or "ccd")
+    elif kind is WorkerKind.g2:
+        from speckleflow.services.workers.g2_worker import G2Unit
+
+        unit = G2Unit(results, rate_hz=min(rate, 1.0), detector=detector or "celeritas")
     else:
         from speckleflow.services.workers.fth_worker import FTHPreviewUnit
 
-        unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate)
+        unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate, detector=detector or "ccd")
     worker = Worker(unit, bus, status_address=status, results=results, curve=CurveConfig.from_env())
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())

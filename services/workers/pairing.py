@@ -22,6 +22,15 @@ MAX_EARLY_FRAMES = 256
 PairCallback = Callable[[int, np.ndarray, np.ndarray, Any], None]
 
 
+def detector_geometry(doc: dict[str, Any], detector: str) -> dict[str, Any] | None:
+    """The ``<detector>_geometry`` configuration (JSON) of a descriptor, or None if absent."""
+    config = doc.get("configuration", {}).get(detector, {}).get("data", {})
+    raw = config.get(f"{detector}_geometry")
+    if not raw:
+        return None
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
 class HelicityPairer:
     """Pairs frame ``2k`` (helicity +1) with frame ``2k + 1`` (helicity −1) of one stream.
 
@@ -44,12 +53,10 @@ class HelicityPairer:
 
     def geometry_from(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         """Read the mask geometry from a descriptor document (None if it has none)."""
-        config = doc.get("configuration", {}).get(self.detector, {}).get("data", {})
-        raw = config.get(f"{self.detector}_geometry")
-        if not raw:
-            return None
-        self.geometry = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        return self.geometry
+        geometry = detector_geometry(doc, self.detector)
+        if geometry is not None:
+            self.geometry = geometry
+        return geometry
 
     def replay_early(self) -> None:
         """Pair the frames kept while the geometry was unknown (call once it is known)."""
