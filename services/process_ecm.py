@@ -360,7 +360,7 @@ def _publish(client: Any, stored: StoredECMRun, opts: ECMProcessOptions, result:
         node.write_array(np.ascontiguousarray(arr), key=key, metadata=md(key, dims, units, **extra))
         tick()
     quality = node.create_container("fit_quality", metadata=md("fit_quality", []))
-    flag_names = {int(f): f.name for f in KWWFlag if f.value}
+    flag_names = {str(int(f)): f.name for f in KWWFlag if f.value}
     quality.write_array(np.ascontiguousarray(result.flags), key="flags",
                         metadata=md("flags", hyper, None, flag_bits=flag_names, **axes))
     tick()
