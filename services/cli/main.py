@@ -250,6 +250,68 @@ def process_cci_command(
     print_cci_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
 
 
+@process_app.command("ecm")
+def process_ecm_command(
+    run_uid: Annotated[str, typer.Argument(help="Run uid (raw/<uid>) or a unique prefix of >= 8 characters.")],
+    n_phi: Annotated[
+        int | None,
+        typer.Option(help="k_φ bins over 2π (default: the fewest no wider than the probe convergence).",
+                     show_default=False, min=1),
+    ] = None,
+    n_r: Annotated[
+        int | None,
+        typer.Option(help="k_r bins across the first-ring strip (default: one per pixel of strip width).",
+                     show_default=False, min=1),
+    ] = None,
+    register: Annotated[bool, typer.Option(help="Correct sample drift by registering the ADF images.")] = True,
+    rows_per_block: Annotated[
+        int, typer.Option(help="Scan rows per g2 block (memory: rows·nx·repeats·strip pixels).", min=1)
+    ] = 4,
+    n_buffers: Annotated[int, typer.Option(help="Multi-tau buffers per level (even).", min=2)] = 16,
+    scheduler: Annotated[
+        str,
+        typer.Option(help="Dask: 'local' (in-process cluster), a scheduler address tcp://host:port, or 'none'."),
+    ] = "local",
+    detector: Annotated[str, typer.Option(help="ophyd name of the camera in the run.")] = "celeritas",
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """k-resolved electron correlation microscopy of a stored 5D-STEM run (Huang & Voyles).
+
+    Virtual ADF per repeat, drift registration, (k_r, k_φ) binning of the first ring,
+    per-(r, k_p) multi-tau g2 over scan repeats and KWW fits, τ histograms with
+    log-normal fits, median τ vs k_r, domain size, ensemble g2 and two-time correlation.
+    Results replace an earlier processing under analysis/<uid>/ecm/.
+    """
+    from rich.console import Console
+    from speckleflow.services.ecm.pipeline import ECMOptions
+    from speckleflow.services.process_ecm import (
+        ECMProcessOptions,
+        print_ecm_processing,
+        process_ecm,
+    )
+    from speckleflow.services.progress import StepProgress
+    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    try:
+        ecm = ECMOptions(n_r=n_r, n_phi=n_phi, register=register, rows_per_block=rows_per_block,
+                         n_buffers=n_buffers, scheduler=None if scheduler == "none" else scheduler)
+        opts = ECMProcessOptions(detector=detector, ecm=ecm)
+        opts.validate()
+        with (
+            tiled_client(data_dir, tiled_uri, api_key) as client,
+            StepProgress(console, f"ECM full processing of {run_uid}") as progress,
+        ):
+            result = process_ecm(client, run_uid, opts, progress=progress)
+    except (UnknownRunError, RunContentError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    print_ecm_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
+
+
 @app.command("dashboard")
 def dashboard_command(
     tiled_uri: TiledUriOpt = None,
