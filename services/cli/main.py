@@ -139,6 +139,9 @@ def run_ecm_command(
     tiled_uri: TiledUriOpt = None,
     api_key: ApiKeyOpt = None,
     keep_serving: Annotated[bool, typer.Option(help="Leave the embedded Tiled server up after the run, for clients.")] = False,
+    process: Annotated[
+        bool, typer.Option(help="Run the full ECM pipeline at run end (same as `speckleflow process ecm <uid>`).")
+    ] = True,
 ) -> None:
     """k-resolved electron correlation microscopy: a 5D-STEM raster of a supercooled liquid.
 
@@ -149,6 +152,7 @@ def run_ecm_command(
     prints where the raw run and the live g2 results are.
     """
     from rich.console import Console
+    from speckleflow.services.process_ecm import process_ecm_at_run_end
     from speckleflow.services.run_ecm import ECMRunOptions, run_ecm
 
     console = Console()
@@ -158,7 +162,7 @@ def run_ecm_command(
         tiled_uri=tiled_uri, api_key=api_key, keep_serving=keep_serving,
     )
     try:
-        result = run_ecm(opts, console)
+        result = run_ecm(opts, console, at_run_end=process_ecm_at_run_end if process else None)
     except ValueError as exc:  # AcquisitionConstraintError is one
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
