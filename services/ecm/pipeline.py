@@ -484,7 +484,9 @@ def _run_tasks(
         return out
     from dask.distributed import as_completed
 
-    remote = [client.scatter(s, broadcast=True) if isinstance(s, np.ndarray) or hasattr(s, "read") else s
+    # hash=False: the same object scattered by an earlier step would map to the same key,
+    # which that step's release can drop under this one ("lost dependencies").
+    remote = [client.scatter(s, broadcast=True, hash=False) if isinstance(s, np.ndarray) or hasattr(s, "read") else s
               for s in shared]
     futures = [client.submit(func, *remote, *args, pure=False) for args in args_list]
     index = {f.key: i for i, f in enumerate(futures)}
