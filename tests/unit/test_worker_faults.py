@@ -190,7 +190,7 @@ wrong_dtypes = st.builds(
 )
 bad_start_docs = st.builds(
     lambda uid: encode_document("start", {} if uid is None else {"uid": uid}, "", 0),
-    st.one_of(st.none(), st.just(""), st.integers(), st.lists(st.integers(), max_size=2)),
+    st.one_of(st.none(), st.just(""), st.integers(-(2**63), 2**63 - 1), st.lists(st.integers(0, 9), max_size=2)),
 )
 garbage = st.lists(st.one_of(random_parts, truncated, huge_shapes, wrong_dtypes, bad_start_docs), max_size=6)
 
