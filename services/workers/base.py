@@ -294,7 +294,7 @@ class Worker:
 
     # -- status ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        bus = self.receiver.stats()
+        counters = self._counters()
         report = {
             "worker": self.unit.kind,
             "pid": os.getpid(),
@@ -303,9 +303,10 @@ class Worker:
             "run_state": self.run_state,
             "frames_seen": self.frames_seen,
             "frames_processed": self.frames_processed,
-            "missed": bus.get("missed", 0),
-            "gaps": bus.get("gaps", 0),
-            "decode_errors": sum(bus.get("decode_errors", {}).values()),
+            "missed": counters["missed"],
+            "gaps": counters["gaps"],
+            "documents_missed": counters["documents_missed"],
+            "decode_errors": counters["decode_errors"],
             "dropped": dict(self.dropped),
             "lag_s": round(self.lag_s, 4),
             "unit": self.unit.status(),
