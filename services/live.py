@@ -92,6 +92,8 @@ class LiveSession:
         self.frontend = ""
         self.backend = ""
         self.status_address = ""
+        #: Status reports that decoded but did not name a worker (counted, ignored).
+        self.status_rejected = 0
 
     # -- start --------------------------------------------------------------------------
     @property
@@ -185,7 +187,12 @@ class LiveSession:
             reports = self.collector.poll(timeout_ms)
         now = time.time()
         for report in reports:
-            handle = self.workers.get(report.get("worker", ""))
+            worker = report.get("worker", "")
+            if type(worker) is not str:  # a decodable but nonsensical report: count, skip
+                self.status_rejected += 1
+                log.warning("ignoring a status report with worker %r", worker)
+                continue
+            handle = self.workers.get(worker)
             if handle is not None and report.get("pid") == handle.process.pid:
                 handle.status = report
                 handle.last_report = now

@@ -522,7 +522,16 @@ def worker_command(
         from speckleflow.services.workers.fth_worker import FTHPreviewUnit
 
         unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate, detector=detector or "ccd")
-    worker = Worker(unit, bus, status_address=status, results=results, curve=CurveConfig.from_env())
+    from speckleflow.services.workers.resume import tiled_run_documents
+
+    worker = Worker(
+        unit,
+        bus,
+        status_address=status,
+        results=results,
+        curve=CurveConfig.from_env(),
+        run_documents=tiled_run_documents(lambda: from_uri(tiled_uri, api_key=api_key)),
+    )
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())
 

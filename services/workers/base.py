@@ -9,9 +9,15 @@ counters, counted from the run's start document, are published once a second int
 metadata of ``analysis/<run uid>/workers/<kind>`` (status ``live``, then ``final`` at the
 stop document), where dashboards and control plans read them.
 
-Undecodable messages, frames of runs whose start document it never saw, and unit
-errors on one message are counted, logged with the reason, and skipped: the worker
-keeps running.
+Undecodable messages, malformed documents, frames holding NaN or infinity, and unit
+errors on one message are counted, logged with the reason (rate-limited), and
+skipped: the worker keeps running.
+
+A worker (re)started in the middle of a run never saw its start document. On the first
+frame of such a run it asks ``run_documents`` (normally :func:`tiled_run_documents`:
+the start document and stream descriptors TiledWriter stored in ``raw/<uid>``) and,
+once it has them, resumes with the following frames; the frames it missed before are
+the gap its receiver counts (a stream first seen at ``seq = k`` has missed ``k``).
 """
 
 from __future__ import annotations
@@ -22,9 +28,12 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 from speckleflow.streaming import (
+    DOCUMENT_STREAM,
     BusReceiver,
     CurveConfig,
     DocumentMessage,
@@ -37,6 +46,15 @@ from ..layout import provenance
 from ..results import ResultsPublisher
 
 log = logging.getLogger(__name__)
+
+#: ``run_documents(run_uid)`` → ``(start, [descriptor, ...])`` of a run the worker joined
+#: late, or None while they are not available (yet).
+RunDocuments = Callable[[str], "tuple[dict[str, Any], list[dict[str, Any]]] | None"]
+
+#: Seconds between two attempts to fetch the documents of the same unknown run.
+RESUME_RETRY_S = 1.0
+#: Seconds between two log lines about the same drop reason.
+DROP_LOG_INTERVAL_S = 5.0
 
 
 class OnlineUnit(Protocol):
@@ -76,8 +94,17 @@ class Worker:
         Flushed on shutdown.
     status_interval : float
         Seconds between status reports.
+    rcvhwm : int
+        Receive high-water mark of the bus socket, in messages; beyond it ZeroMQ drops
+        messages (they show up as gaps), so the worker's queued memory is bounded by
+        ``rcvhwm`` × message size.
+    tiled_status_interval : float
+        Seconds between two status updates in ``analysis/<uid>/workers/<kind>``.
     curve : CurveConfig, optional
         CURVE keys for the bus and status links (this worker is the client of both).
+    run_documents : callable, optional
+        Fetches the start document and descriptors of a run whose start this worker
+        never saw (see :data:`RunDocuments`); without it such frames are dropped.
     """
 
     def __init__(
@@ -91,9 +118,14 @@ class Worker:
         rcvhwm: int = 10_000,
         tiled_status_interval: float = 1.0,
         curve: CurveConfig | None = None,
+        run_documents: RunDocuments | None = None,
     ) -> None:
         self.unit = unit
         self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
+        self.run_documents = run_documents
+        self.resumed_runs: set[str] = set()
+        self._resume_attempt: dict[str, float] = {}
+        self._last_drop_log: dict[str, float] = {}
         self.status_pusher = StatusPusher(status_address, curve=curve) if status_address else None
         self.results = results
         self.status_interval = status_interval
@@ -130,7 +162,7 @@ class Worker:
                 now = time.time()
                 try:
                     self.unit.tick(now)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("%s: tick failed", self.unit.kind)
                 if now >= next_status:
                     self.push_status()
@@ -157,17 +189,35 @@ class Worker:
             elif isinstance(msg, FrameMessage):
                 self._frames(msg)
         except Exception as exc:  # noqa: BLE001 - one bad message never ends the worker
-            self.dropped[f"unit error: {type(exc).__name__}"] += getattr(msg, "n", 1)
-            log.exception("%s: dropped a %s message", self.unit.kind, type(msg).__name__)
+            self._drop(
+                f"unit error: {type(exc).__name__}",
+                getattr(msg, "n", 1),
+                f"{type(msg).__name__}: {exc!s:.200}",
+                exc_info=True,
+            )
+
+    def _drop(self, reason: str, n: int, detail: str = "", *, exc_info: bool = False) -> None:
+        """Count `n` dropped frames (or documents) under `reason`; log at a bounded rate."""
+        self.dropped[reason] += n
+        now = time.monotonic()
+        last = self._last_drop_log.get(reason)
+        if last is not None and now - last < DROP_LOG_INTERVAL_S:
+            return
+        self._last_drop_log[reason] = now
+        log.warning(
+            "%s: dropped %d (%s)%s; %d so far for this reason",
+            self.unit.kind, n, reason, f": {detail}" if detail else "", self.dropped[reason],
+            exc_info=exc_info,
+        )
 
     def _document(self, msg: DocumentMessage) -> None:
         name, doc = msg.name, msg.doc
         if name == "start":
-            self.run_uid = doc["uid"]
-            self.runs_seen.add(doc["uid"])
-            self.run_state = "running"
-            self._run_base = self._counters()
-            self.unit.start_run(doc["uid"], doc)
+            uid = doc.get("uid")
+            if type(uid) is not str or not uid:
+                self._drop("malformed start document", 1, f"uid {uid!r:.80}")
+                return
+            self._begin_run(uid, doc)
         elif name == "descriptor" and doc.get("run_start") in self.runs_seen:
             self.unit.descriptor(doc)
         elif name == "stop" and doc.get("run_start") in self.runs_seen:
@@ -176,13 +226,66 @@ class Worker:
             self.publish_run_status(final=True)
             self.push_status()
 
+    def _begin_run(self, uid: str, start: dict[str, Any]) -> None:
+        self.run_uid = uid
+        self.runs_seen.add(uid)
+        self.run_state = "running"
+        self._run_base = self._counters()
+        self.unit.start_run(uid, start)
+
+    def _resume(self, uid: str) -> bool:
+        """Join run `uid` late from its stored documents; True once joined."""
+        if self.run_documents is None:
+            return False
+        now = time.monotonic()
+        last = self._resume_attempt.get(uid)
+        if last is not None and now - last < RESUME_RETRY_S:
+            return False
+        self._resume_attempt[uid] = now
+        try:
+            found = self.run_documents(uid)
+        except Exception as exc:  # noqa: BLE001 - Tiled may be down; retry later
+            log.warning("%s: could not fetch the documents of run %s: %s", self.unit.kind, uid, exc)
+            return False
+        if found is None:
+            return False
+        start, descriptors = found
+        self._begin_run(uid, start)
+        # Counters of a resumed run start before its first received frame, so the frames
+        # missed before it (the receiver's late-join gap) belong to this run.
+        self._run_base = self._counters()
+        self.resumed_runs.add(uid)
+        self._resume_attempt.pop(uid, None)
+        for descriptor in descriptors:
+            self.unit.descriptor(descriptor)
+        log.warning(
+            "%s: joined run %s late (start and %d descriptor(s) read back); earlier frames are a gap",
+            self.unit.kind, uid, len(descriptors),
+        )
+        return True
+
     def _frames(self, msg: FrameMessage) -> None:
         n = msg.n
+        header = msg.header
         self.frames_seen += n
-        self.last_frame_ts = msg.header.ts
-        self.lag_s = max(0.0, time.time() - msg.header.ts)
-        if msg.header.run_uid not in self.runs_seen:
-            self.dropped["no start document for run"] += n
+        self.last_frame_ts = header.ts
+        self.lag_s = max(0.0, time.time() - header.ts)
+        if header.run_uid not in self.runs_seen:
+            if not self._resume(header.run_uid):
+                self._drop("no start document for run", n, header.run_uid)
+                return
+            # The gap before this message was counted before the run's counters began.
+            state = self.receiver.tracker.summary()
+            missed_before = next(
+                (s["missed"] for s in state["streams"]
+                 if s["run_uid"] == header.run_uid and s["stream"] == header.stream),
+                0,
+            )
+            self._run_base["missed"] -= missed_before
+            self._run_base["gaps"] -= 1 if missed_before else 0
+            self._run_base["frames_seen"] -= n
+        if msg.frames.dtype.kind == "f" and not np.isfinite(msg.frames).all():
+            self._drop("non-finite values (NaN or inf)", n, f"{header.stream} seq {header.seq}")
             return
         used = self.unit.frames(msg)
         self.frames_processed += used
@@ -191,7 +294,7 @@ class Worker:
 
     # -- status ------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        bus = self.receiver.stats()
+        counters = self._counters()
         report = {
             "worker": self.unit.kind,
             "pid": os.getpid(),
@@ -200,9 +303,10 @@ class Worker:
             "run_state": self.run_state,
             "frames_seen": self.frames_seen,
             "frames_processed": self.frames_processed,
-            "missed": bus.get("missed", 0),
-            "gaps": bus.get("gaps", 0),
-            "decode_errors": sum(bus.get("decode_errors", {}).values()),
+            "missed": counters["missed"],
+            "gaps": counters["gaps"],
+            "documents_missed": counters["documents_missed"],
+            "decode_errors": counters["decode_errors"],
             "dropped": dict(self.dropped),
             "lag_s": round(self.lag_s, 4),
             "unit": self.unit.status(),
@@ -213,11 +317,16 @@ class Worker:
 
     def _counters(self) -> dict[str, Any]:
         bus = self.receiver.stats()
+        docs = [s for s in self.receiver.tracker.summary()["streams"] if s["stream"] == DOCUMENT_STREAM]
+        docs_missed = sum(s["missed"] for s in docs)
+        docs_gaps = sum(s["gaps"] for s in docs)
         return {
             "frames_seen": self.frames_seen,
             "frames_processed": self.frames_processed,
-            "missed": bus.get("missed", 0),
-            "gaps": bus.get("gaps", 0),
+            # frames only: documents a late-joining worker missed are counted apart
+            "missed": bus.get("missed", 0) - docs_missed,
+            "gaps": bus.get("gaps", 0) - docs_gaps,
+            "documents_missed": docs_missed,
             "decode_errors": sum(bus.get("decode_errors", {}).values()),
             "dropped": dict(self.dropped),
         }

@@ -1,0 +1,71 @@
+"""Joining a run late: read its start document and descriptors back from the raw record.
+
+A worker restarted in the middle of a run never saw the run's start document or its
+stream descriptors (they went over the bus before it subscribed). TiledWriter stored
+both in ``raw/<uid>``: the start document as the run container's ``start`` metadata,
+and each stream's descriptor (without ``name``, ``object_keys`` and ``run_start``) as
+the metadata of ``raw/<uid>/<stream>``. :func:`tiled_run_documents` rebuilds them for
+:class:`~speckleflow.services.workers.base.Worker` (its ``run_documents`` argument).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..layout import RAW
+
+__all__ = ["plain", "tiled_run_documents"]
+
+
+def plain(value: Any) -> Any:
+    """Tiled metadata views (read-only mappings, sequences) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def tiled_run_documents(
+    connect: Callable[[], Any],
+) -> Callable[[str], tuple[dict[str, Any], list[dict[str, Any]]] | None]:
+    """A ``run_documents`` fetcher reading ``raw/<uid>`` from Tiled.
+
+    Parameters
+    ----------
+    connect : callable
+        Returns a Tiled client for the server root; called on the first fetch and
+        again after a failure.
+
+    Returns
+    -------
+    callable
+        ``fetch(run_uid)`` → ``(start, descriptors)``, or None while the run or any
+        of its stream descriptors is not in Tiled yet. Connection errors propagate
+        (the worker logs them and retries later).
+    """
+    cache: dict[str, Any] = {}
+
+    def fetch(run_uid: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        if "client" not in cache:
+            cache["client"] = connect()
+        try:
+            raw = cache["client"][RAW]
+            if run_uid not in raw:
+                return None
+            run = raw[run_uid]
+            start = plain(run.metadata.get("start") or {})
+            descriptors = []
+            for stream, node in run.items():
+                md = plain(node.metadata)
+                if "data_keys" in md:
+                    descriptors.append({**md, "name": stream, "run_start": run_uid})
+        except Exception:
+            cache.pop("client", None)  # reconnect next time
+            raise
+        if start.get("uid") != run_uid or not descriptors:
+            return None
+        return start, descriptors
+
+    return fetch
