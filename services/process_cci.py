@@ -247,7 +247,7 @@ def _dask_client(scheduler: str | None):
     from dask.distributed import Client, LocalCluster
 
     if scheduler == "local":
-        cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None)
+        cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0")
         return Client(cluster), cluster
     return Client(scheduler, timeout="30s"), None
 

@@ -380,6 +380,23 @@ def process_phase_command(
     coherence: Annotated[
         bool, typer.Option(help="Model partial coherence (Richardson–Lucy estimate of the coherence kernel).")
     ] = False,
+    minus_seed: Annotated[
+        str,
+        typer.Option(help="Start of the − helicity: 'independent' (RAAR + ER on the + support; the default, "
+                     "converges where the beamstop hides low q) or 'plus' (ER seeded with the + exit wave, "
+                     "the paper's recipe; use with --raar-minus 0)."),
+    ] = "independent",
+    raar_minus: Annotated[
+        int | None, typer.Option(help="RAAR iterations for the − helicity (default: --raar).", min=0, show_default=False)
+    ] = None,
+    focus_range_nm: Annotated[
+        str | None,
+        typer.Option(help="Refocus: search the propagation distance in A,B nm (angular spectrum, sharpness "
+                     "metric); needs --wavelength-nm and --pixel-size-nm.", show_default=False),
+    ] = None,
+    wavelength_nm: Annotated[
+        float | None, typer.Option(help="X-ray wavelength, nm (for --focus-range-nm).", show_default=False)
+    ] = None,
     figures_dir: Annotated[
         Path | None, typer.Option(help="Also write the figures as PNG files to DIR/<uid>/<state>/.", show_default=False)
     ] = None,
@@ -413,7 +430,17 @@ def process_phase_command(
             if len(parts) != 4:
                 raise ValueError(f"--wall needs y0,x0,y1,x1, got {wall!r}")
             wall_px = (parts[0], parts[1], parts[2], parts[3])
-        params = PhaseParams(n_raar=raar, n_er=er, n_raar_minus=raar, n_er_minus=er, coherence=coherence)
+        focus = None
+        if focus_range_nm is not None:
+            lo_hi = [float(v) for v in focus_range_nm.split(",")]
+            if len(lo_hi) != 2:
+                raise ValueError(f"--focus-range-nm needs A,B, got {focus_range_nm!r}")
+            focus = (lo_hi[0], lo_hi[1])
+        params = PhaseParams(
+            n_raar=raar, n_er=er, n_raar_minus=raar if raar_minus is None else raar_minus, n_er_minus=er,
+            coherence=coherence, minus_seed=minus_seed, focus_range_nm=focus, wavelength_nm=wavelength_nm,
+            pixel_size_nm=pixel_size_nm,
+        )
         opts = PhaseProcessOptions(
             detector=detector, states=state or None, min_pairs=min_pairs, frc=frc, prtf_starts=prtf_starts,
             wall=wall_px, pixel_size_nm=pixel_size_nm, params=params, figures_dir=figures_dir,

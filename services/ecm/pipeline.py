@@ -456,7 +456,7 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
 
     if scheduler == "local":
         with (
-            LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster,
+            LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster,
             Client(cluster) as client,
         ):
             yield client
