@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from .cluster import dask_client
 from .layout import analysis_container, ensure_layout, provenance
 from .raw_runs import (
     RunContentError,
@@ -241,17 +242,6 @@ class CCIProcessResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _dask_client(scheduler: str | None):
-    if scheduler is None:
-        return None, None
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0")
-        return Client(cluster), cluster
-    return Client(scheduler, timeout="30s"), None
-
-
 def process_cci(
     client: Any,
     uid: str,
@@ -315,21 +305,15 @@ def process_cci(
         report("features", int(idx[-1]) + 1, n)
     timings["features"] = _time.perf_counter() - t0
 
-    dask_client, cluster = _dask_client(opts.scheduler)
-    try:
+    with dask_client(opts.scheduler) as dask:
         result = run_cci_clustering(
             X,
             threshold=opts.threshold,
             min_mode_size=opts.min_mode_size,
             z_threshold=opts.z_threshold,
-            client=dask_client,
+            client=dask,
             progress=progress,
         )
-    finally:
-        if dask_client is not None:
-            dask_client.close()
-        if cluster is not None:
-            cluster.close()
     timings.update(result.timings)
 
     t0 = _time.perf_counter()

@@ -33,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time as _time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..cluster import dask_client
 from .blocks import BlockResult, StripLayout, correlate_block, strip_layout, two_time_binning
 from .domains import (
     DomainSize,
@@ -443,26 +444,6 @@ def _block_task(
     return correlate_block(
         strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max
     )
-
-
-@contextlib.contextmanager
-def dask_client(scheduler: str | None) -> Iterator[Any]:
-    """A ``distributed.Client`` for ``scheduler`` (``"local"``: an in-process LocalCluster
-    of one worker with two threads; an address: that scheduler), or None; closed on exit."""
-    if scheduler is None:
-        yield None
-        return
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        with (
-            LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-    else:
-        with Client(scheduler, timeout="30s") as client:
-            yield client
 
 
 def _run_tasks(
