@@ -412,20 +412,12 @@ def process_ecm_at_run_end(session: Any, uid: str, console: Any) -> ECMProcessRe
     """``run_ecm``'s run-end hook: the full pipeline with progress bars; a failure is
     reported and recorded in Tiled (``analysis/<uid>/ecm`` status ``failed``), not raised."""
     from .ecm.pipeline import ALGORITHM
-    from .progress import StepProgress
+    from .run_end import process_at_run_end
 
     opts = ECMProcessOptions()
-    try:
-        with StepProgress(console, "full ECM processing at run end") as progress:
-            out = process_ecm(session.client, uid, opts, progress=progress)
-    except Exception as exc:  # noqa: BLE001 — the raw run and the live g2 results are safe
-        console.print(f"[red]full ECM processing failed:[/red] {type(exc).__name__}: {exc}")
-        try:
-            node = analysis_container(session.client, uid, "ecm")
-            md = provenance(uid, "ecm", ALGORITHM, opts.parameters(), status="failed", reason=str(exc))
-            node.update_metadata(metadata=md, drop_revision=True)
-        except Exception as exc2:  # noqa: BLE001
-            console.print(f"[red]could not record the failure in Tiled: {exc2}[/red]")
-        return None
-    print_ecm_processing(out, session.tiled_uri, console)
-    return out
+    return process_at_run_end(
+        session, uid, console, title="full ECM processing at run end", what="full ECM processing",
+        technique="ecm", algorithm=ALGORITHM, parameters=opts.parameters(),
+        process=lambda client, u, progress: process_ecm(client, u, opts, progress=progress),
+        show=print_ecm_processing,
+    )

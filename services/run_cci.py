@@ -243,48 +243,30 @@ def run_cci(
 
 def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, console: Console) -> Any:
     """The full CCI pipeline on the finished run; a failure is reported, not raised."""
-    from .layout import analysis_container, provenance
     from .process_cci import ALGORITHM, CCIProcessOptions, print_cci_processing, process_cci
-    from .progress import StepProgress
+    from .run_end import process_at_run_end
 
     popts = CCIProcessOptions(scheduler=opts.scheduler)
-    try:
-        with StepProgress(console, "full CCI processing at run end") as progress:
-            out = process_cci(session.client, uid, popts, progress=progress)
-    except Exception as exc:  # noqa: BLE001 — the raw run is safe; say what failed, carry on
-        console.print(f"[red]full CCI processing failed:[/red] {type(exc).__name__}: {exc}")
-        try:
-            node = analysis_container(session.client, uid, "cci")
-            md = provenance(uid, "cci", ALGORITHM, popts.parameters(), status="failed", reason=str(exc))
-            node.update_metadata(metadata={"full_processing": md}, drop_revision=True)
-        except Exception as exc2:  # noqa: BLE001 — Tiled itself may be the problem
-            console.print(f"[red]could not record the failure in Tiled: {exc2}[/red]")
-        return None
-    print_cci_processing(out, session.tiled_uri, console)
-    return out
+    return process_at_run_end(
+        session, uid, console, title="full CCI processing at run end", what="full CCI processing",
+        technique="cci", algorithm=ALGORITHM, parameters=popts.parameters(),
+        process=lambda client, u, progress: process_cci(client, u, popts, progress=progress),
+        show=print_cci_processing, metadata_key="full_processing",
+    )
 
 
 def _phase_at_run_end(session: LiveSession, uid: str, console: Console) -> Any:
     """Phase retrieval of every CCI state with >= 20 pairs; a failure is reported, not raised."""
-    from .layout import analysis_container, provenance
     from .process_phase import ALGORITHM, PhaseProcessOptions, print_phase_processing, process_phase
-    from .progress import StepProgress
+    from .run_end import process_at_run_end
 
     popts = PhaseProcessOptions()
-    try:
-        with StepProgress(console, "phase retrieval of the CCI states") as progress:
-            out = process_phase(session.client, uid, popts, progress=progress)
-    except Exception as exc:  # noqa: BLE001 — the raw run and the CCI results are safe
-        console.print(f"[red]phase retrieval failed:[/red] {type(exc).__name__}: {exc}")
-        try:
-            node = analysis_container(session.client, uid, "phase")
-            md = provenance(uid, "phase", ALGORITHM, popts.parameters(), status="failed", reason=str(exc))
-            node.update_metadata(metadata=md, drop_revision=True)
-        except Exception as exc2:  # noqa: BLE001
-            console.print(f"[red]could not record the failure in Tiled: {exc2}[/red]")
-        return None
-    print_phase_processing(out, session.tiled_uri, console)
-    return out
+    return process_at_run_end(
+        session, uid, console, title="phase retrieval of the CCI states", what="phase retrieval",
+        technique="phase", algorithm=ALGORITHM, parameters=popts.parameters(),
+        process=lambda client, u, progress: process_phase(client, u, popts, progress=progress),
+        show=print_phase_processing,
+    )
 
 
 def print_summary(result: RunResult, console: Console, data_dir: Path) -> None:
