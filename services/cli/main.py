@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -180,6 +181,47 @@ process_app = typer.Typer(
 app.add_typer(process_app, name="process")
 
 
+def _process_stored_run(
+    run_uid: str,
+    title: str,
+    build: Callable[[], Any],
+    process: Callable[..., Any],
+    show: Callable[[Any, str, Any], None],
+    data_dir: Path,
+    tiled_uri: str | None,
+    api_key: str | None,
+) -> None:
+    """The body every ``process <technique>`` command shares: build and validate the
+    options, connect (or serve --data-dir), run under progress bars, print the summary;
+    an unknown run, a run without what the technique needs, or a bad option is exit 2."""
+    from rich.console import Console
+    from speckleflow.services.progress import StepProgress
+    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    try:
+        opts = build()
+        opts.validate()
+        with (
+            tiled_client(data_dir, tiled_uri, api_key) as client,
+            StepProgress(console, f"{title} of {run_uid}") as progress,
+        ):
+            result = process(client, run_uid, opts, progress=progress)
+    except (UnknownRunError, RunContentError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    show(result, tiled_uri or f"the catalog of {data_dir}", console)
+
+
+def _floats(option: str, text: str, n: int, names: str) -> tuple[float, ...]:
+    """``n`` comma-separated floats of an option, e.g. ``--wall y0,x0,y1,x1``."""
+    values = [float(v) for v in text.split(",")]
+    if len(values) != n:
+        raise ValueError(f"{option} needs {names}, got {text!r}")
+    return tuple(values)
+
+
 @process_app.command("cci")
 def process_cci_command(
     run_uid: Annotated[str, typer.Argument(help="Run uid (raw/<uid>) or a unique prefix of >= 8 characters.")],
@@ -220,38 +262,26 @@ def process_cci_command(
     (labels, state_images, state_holograms, correlation, linkage, transitions, figures/…);
     the online worker's `assignments` table stays.
     """
-    from rich.console import Console
     from speckleflow.services.process_cci import (
         CCIProcessOptions,
         print_cci_processing,
         process_cci,
     )
-    from speckleflow.services.progress import StepProgress
-    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
-    from speckleflow.services.tiled_server import tiled_client
 
-    console = Console()
-    opts = CCIProcessOptions(
-        detector=detector,
-        threshold=threshold,
-        min_mode_size=min_mode_size,
-        z_threshold=z_threshold,
-        reference_filter=reference_filter,
-        chunk_pairs=chunk_pairs,
-        scheduler=None if scheduler == "none" else scheduler,
-        figures_dir=figures_dir,
-    )
-    try:
-        opts.validate()
-        with (
-            tiled_client(data_dir, tiled_uri, api_key) as client,
-            StepProgress(console, f"CCI full processing of {run_uid}") as progress,
-        ):
-            result = process_cci(client, run_uid, opts, progress=progress)
-    except (UnknownRunError, RunContentError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    print_cci_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
+    def build() -> CCIProcessOptions:
+        return CCIProcessOptions(
+            detector=detector,
+            threshold=threshold,
+            min_mode_size=min_mode_size,
+            z_threshold=z_threshold,
+            reference_filter=reference_filter,
+            chunk_pairs=chunk_pairs,
+            scheduler=None if scheduler == "none" else scheduler,
+            figures_dir=figures_dir,
+        )
+
+    _process_stored_run(run_uid, "CCI full processing", build, process_cci, print_cci_processing,
+                        data_dir, tiled_uri, api_key)
 
 
 @process_app.command("ecm")
@@ -288,32 +318,20 @@ def process_ecm_command(
     log-normal fits, median τ vs k_r, domain size, ensemble g2 and two-time correlation.
     Results replace an earlier processing under analysis/<uid>/ecm/.
     """
-    from rich.console import Console
     from speckleflow.services.ecm.pipeline import ECMOptions
     from speckleflow.services.process_ecm import (
         ECMProcessOptions,
         print_ecm_processing,
         process_ecm,
     )
-    from speckleflow.services.progress import StepProgress
-    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
-    from speckleflow.services.tiled_server import tiled_client
 
-    console = Console()
-    try:
+    def build() -> ECMProcessOptions:
         ecm = ECMOptions(n_r=n_r, n_phi=n_phi, register=register, rows_per_block=rows_per_block,
                          n_buffers=n_buffers, scheduler=None if scheduler == "none" else scheduler)
-        opts = ECMProcessOptions(detector=detector, ecm=ecm)
-        opts.validate()
-        with (
-            tiled_client(data_dir, tiled_uri, api_key) as client,
-            StepProgress(console, f"ECM full processing of {run_uid}") as progress,
-        ):
-            result = process_ecm(client, run_uid, opts, progress=progress)
-    except (UnknownRunError, RunContentError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    print_ecm_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
+        return ECMProcessOptions(detector=detector, ecm=ecm)
+
+    _process_stored_run(run_uid, "ECM full processing", build, process_ecm, print_ecm_processing,
+                        data_dir, tiled_uri, api_key)
 
 
 @app.command("dashboard")
@@ -411,50 +429,28 @@ def process_phase_command(
     mz = log|φ+/φ−| inside the support, FRC resolution between independent halves.
     Results replace an earlier retrieval under analysis/<uid>/phase/<state>/.
     """
-    from rich.console import Console
     from speckleflow.services.phase import PhaseParams
     from speckleflow.services.process_phase import (
         PhaseProcessOptions,
         print_phase_processing,
         process_phase,
     )
-    from speckleflow.services.progress import StepProgress
-    from speckleflow.services.raw_runs import RunContentError, UnknownRunError
-    from speckleflow.services.tiled_server import tiled_client
 
-    console = Console()
-    try:
-        wall_px = None
-        if wall is not None:
-            parts = [float(v) for v in wall.split(",")]
-            if len(parts) != 4:
-                raise ValueError(f"--wall needs y0,x0,y1,x1, got {wall!r}")
-            wall_px = (parts[0], parts[1], parts[2], parts[3])
-        focus = None
-        if focus_range_nm is not None:
-            lo_hi = [float(v) for v in focus_range_nm.split(",")]
-            if len(lo_hi) != 2:
-                raise ValueError(f"--focus-range-nm needs A,B, got {focus_range_nm!r}")
-            focus = (lo_hi[0], lo_hi[1])
+    def build() -> PhaseProcessOptions:
+        wall_px = None if wall is None else _floats("--wall", wall, 4, "y0,x0,y1,x1")
+        focus = None if focus_range_nm is None else _floats("--focus-range-nm", focus_range_nm, 2, "A,B")
         params = PhaseParams(
             n_raar=raar, n_er=er, n_raar_minus=raar if raar_minus is None else raar_minus, n_er_minus=er,
             coherence=coherence, minus_seed=minus_seed, focus_range_nm=focus, wavelength_nm=wavelength_nm,
             pixel_size_nm=pixel_size_nm,
         )
-        opts = PhaseProcessOptions(
+        return PhaseProcessOptions(
             detector=detector, states=state or None, min_pairs=min_pairs, frc=frc, prtf_starts=prtf_starts,
             wall=wall_px, pixel_size_nm=pixel_size_nm, params=params, figures_dir=figures_dir,
         )
-        opts.validate()
-        with (
-            tiled_client(data_dir, tiled_uri, api_key) as client,
-            StepProgress(console, f"phase retrieval of {run_uid}") as progress,
-        ):
-            result = process_phase(client, run_uid, opts, progress=progress)
-    except (UnknownRunError, RunContentError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    print_phase_processing(result, tiled_uri or f"the catalog of {data_dir}", console)
+
+    _process_stored_run(run_uid, "phase retrieval", build, process_phase, print_phase_processing,
+                        data_dir, tiled_uri, api_key)
 
 
 @app.command("serve")
