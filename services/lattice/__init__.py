@@ -9,7 +9,15 @@ Conventions: lengths Å, mass amu, temperature K, frequencies THz (ν = ω/2π);
 coordinates are (y, x) in the row-major order of the images.
 """
 
-from .atoms import AtomTable, atom_table, detect_atoms, match_sites, refine_centre_of_mass
+from .analysis import LatticeAnalysis, LatticeModel, analyse_states
+from .atoms import (
+    AtomTable,
+    atom_table,
+    detect_atoms,
+    match_sites,
+    refine_centre_of_mass,
+    register_sites,
+)
 from .correlations import (
     Similarity,
     bond_correlation,
@@ -39,7 +47,10 @@ from .dynamics import (
 __all__ = [
     "AtomTable",
     "DispersionResult",
+    "LatticeAnalysis",
+    "LatticeModel",
     "Similarity",
+    "analyse_states",
     "assign_cells",
     "atom_table",
     "bond_correlation",
@@ -61,6 +72,7 @@ __all__ = [
     "match_sites",
     "neighbour_pairs",
     "refine_centre_of_mass",
+    "register_sites",
     "similarity",
     "supercell_q",
 ]

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["AtomTable", "atom_table", "detect_atoms", "match_sites", "refine_centre_of_mass"]
+__all__ = [
+    "AtomTable",
+    "atom_table",
+    "detect_atoms",
+    "match_sites",
+    "refine_centre_of_mass",
+    "register_sites",
+]
 
 
 def _check_image(image: np.ndarray, name: str = "phase") -> np.ndarray:
@@ -352,3 +359,58 @@ def atom_table(
                 per[s, z] = _positions_in_image(ph[s, z].astype(np.float64), *args)
     return AtomTable(positions_A=proj, slice_positions_A=per, sites_A=sites,
                      radius_A=float(radius_A))
+
+
+def register_sites(
+    phase: ArrayLike,
+    pixel_size_A: float,
+    origin_A: ArrayLike,
+    sites_A: ArrayLike,
+    *,
+    max_shift_A: float | None = None,
+    threshold_rel: float = 0.25,
+    n_iter: int = 3,
+) -> np.ndarray:
+    """Global translation of the expected sites onto the atoms of a phase image.
+
+    A reconstruction is free to drift by a constant offset (scan-position refinement,
+    the object origin it chooses). The median offset of matched peaks from their sites is
+    applied and the matching repeated ``n_iter`` times. Offsets beyond half the
+    nearest-neighbour distance are ambiguous (lattice periodicity) and not recovered.
+
+    Parameters
+    ----------
+    phase : array_like, shape (H, W) — e.g. the phase summed over slices and averaged
+        over states, rad.
+    pixel_size_A, origin_A : as in :func:`refine_centre_of_mass`.
+    sites_A : array_like, shape (n_atoms, 2) — expected sites (y, x), Å.
+    max_shift_A : float, optional — matching radius, Å; default half the nearest-
+        neighbour distance.
+    threshold_rel : float — see :func:`detect_atoms`.
+    n_iter : int — match-and-shift iterations.
+
+    Returns
+    -------
+    ndarray, shape (2,), float64 — (dy, dx) to add to ``sites_A``, Å.
+
+    Raises
+    ------
+    ValueError
+        If fewer than three sites can be matched.
+    """
+    sites = _check_points(sites_A, "sites_A")
+    nn = _nearest_neighbour_distance(sites)
+    shift_max = 0.5 * nn if max_shift_A is None else float(max_shift_A)
+    peaks = detect_atoms(phase, pixel_size_A, origin_A, min_distance_A=0.5 * nn,
+                         threshold_rel=threshold_rel)
+    shift = np.zeros(2)
+    for _ in range(max(1, n_iter)):
+        idx = match_sites(peaks, sites + shift, shift_max)
+        ok = idx >= 0
+        if ok.sum() < 3:
+            raise ValueError(
+                f"only {int(ok.sum())} of {len(sites)} sites matched within {shift_max:.3f} Å; "
+                "check origin_A, pixel_size_A and the sites' frame"
+            )
+        shift = shift + np.median(peaks[idx[ok]] - (sites[ok] + shift), axis=0)
+    return shift

@@ -15,8 +15,9 @@ Projections: in-plane tables (d = 2) see only displacements perpendicular to the
 averaged along each projected column, i.e. q_z = 0 and in-plane polarisations. For hBN
 along [0001] the columns form the honeycomb lattice (path Γ–M–K–Γ, ``"hexagonal"``);
 for Si along [110] the dumbbell columns form a centred-rectangular 2-D lattice which we
-treat with a rectangular primitive cell a/√2 × a holding two columns (path Γ–X–S–Y–Γ,
-``"rectangular"``): the frequencies are those of the [110]-projected displacement field.
+treat with the rectangular cell a/√2 × a holding two dumbbells, i.e. four columns
+(path Γ–X–S–Y–Γ, ``"rectangular"``; the conventional cell folds the zone once): the
+frequencies are those of the [110]-projected displacement field.
 """
 
 from __future__ import annotations
@@ -227,6 +228,8 @@ def dynamical_matrix(
     temperature_K: float,
     *,
     rcond: float = 1e-8,
+    n_states: int | None = None,
+    real_q: ArrayLike | None = None,
 ) -> np.ndarray:
     """``D(q) = k_B T · M^{-1/2} ⟨ũ ũ†⟩⁻¹ M^{-1/2}``, eq. (6).
 
@@ -235,12 +238,24 @@ def dynamical_matrix(
     Hermitian pseudo-inverse, dropping eigenvalues below ``rcond`` times the largest
     eigenvalue over all q.
 
+    With few states the inverse of a sample covariance is biased upwards: for
+    Gaussian displacements and a covariance estimated from N states about their mean
+    (ν = N − 1 degrees of freedom, p kept eigenvalues), ``E[Ĉ⁻¹] = ν / (ν − p) C⁻¹``
+    (complex Wishart; q ≢ −q) or ``ν / (ν − p − 1) C⁻¹`` (real Wishart; 2q a reciprocal
+    lattice vector, e.g. Γ and M). Giving ``n_states`` multiplies D(q) by the inverse
+    factor, so that D is unbiased; with N = 10 states and 2 sublattices in-plane
+    (p = 4) the raw D is 1.8× (complex q) or 2.25× (real q) too large.
+
     Parameters
     ----------
     covariance_A2 : array_like, shape (n_q, n_basis d, n_basis d), complex — Å².
     masses_amu : array_like, shape (n_basis,) — mass of every sublattice, amu.
     temperature_K : float — sample temperature, K.
     rcond : float — pseudo-inverse cutoff relative to the largest eigenvalue over all q.
+    n_states : int, optional — number of states the covariance was estimated from (with
+        their mean removed and divided by N − 1); None: no bias correction.
+    real_q : array_like, shape (n_q,), bool, optional — q points with 2q ≡ 0 (real ũ);
+        needed with ``n_states`` (default: all complex).
 
     Returns
     -------
@@ -249,7 +264,8 @@ def dynamical_matrix(
     Raises
     ------
     ValueError
-        If the temperature or a mass is not positive, or shapes disagree.
+        If the temperature or a mass is not positive, shapes disagree, or ``n_states``
+        is too small for the bias correction (ν ≤ p + 1).
     """
     c = np.asarray(covariance_A2, dtype=np.complex128)
     if c.ndim == 2:
@@ -268,6 +284,19 @@ def dynamical_matrix(
     cutoff = rcond * max(float(w.max()), 0.0)  # relative to the largest over all q
     inv_w = np.where(w > cutoff, 1.0 / np.where(w > cutoff, w, 1.0), 0.0)
     cinv = (v * inv_w[:, None, :]) @ np.conj(v.transpose(0, 2, 1))
+    if n_states is not None:
+        nu = int(n_states) - 1
+        kept = (w > cutoff).sum(axis=1)
+        real = np.zeros(len(c), bool) if real_q is None else np.asarray(real_q, bool).reshape(-1)
+        if real.shape != (len(c),):
+            raise ValueError(f"real_q must have shape ({len(c)},), got {real.shape}")
+        free = nu - kept - real
+        if np.any(free <= 0):
+            raise ValueError(
+                f"n_states={n_states} too small to unbias D(q) with up to {kept.max()} modes "
+                f"per q: need n_states > {int((kept + real).max()) + 1}"
+            )
+        cinv = cinv * (free / nu)[:, None, None]
     return K_B_EV_PER_K * temperature_K * inv_sqrt_m[:, None] * cinv * inv_sqrt_m[None, :]
 
 
@@ -396,6 +425,7 @@ def dispersion(
     *,
     path: str = "hexagonal",
     tol_A: float = 0.3,
+    n_states: int | None = None,
 ) -> DispersionResult:
     """Phonon frequencies from a Green's tensor: eq. (5) → eq. (6) → ν(q) and branch means.
 
@@ -410,6 +440,8 @@ def dispersion(
     temperature_K : float — K.
     path : str — see :func:`high_symmetry_path`.
     tol_A : float — site assignment tolerance, Å.
+    n_states : int, optional — states behind G (``greens_tensor(..., ddof=1)``): unbias
+        the inverse covariance (:func:`dynamical_matrix`); None for an exact G.
 
     Returns
     -------
@@ -421,7 +453,10 @@ def dispersion(
     sub, _ = assign_cells(s, c, basis, tol_A=tol_A)
     q = supercell_q(c, supercell)
     cov = fourier_covariance(g_A2, s, sub, q, n_basis=len(basis))
-    freq = frequencies_THz(dynamical_matrix(cov, masses_amu, temperature_K))
+    frac2 = 2 * (q @ c.T) / (2 * np.pi)  # 2q in units of the reciprocal vectors
+    real = np.all(np.isclose(frac2, np.rint(frac2), atol=1e-9), axis=1)
+    dyn = dynamical_matrix(cov, masses_amu, temperature_K, n_states=n_states, real_q=real)
+    freq = frequencies_THz(dyn)
     labels, corners = high_symmetry_path(path, c)
     b = _reciprocal(c)
     tol = 1e-6 * float(np.linalg.norm(b, axis=1).min())
