@@ -43,6 +43,7 @@ from .dynamics import (
     high_symmetry_path,
     supercell_q,
 )
+from .truth import TruthReference, truth_reference
 
 __all__ = [
     "AtomTable",
@@ -50,6 +51,7 @@ __all__ = [
     "LatticeAnalysis",
     "LatticeModel",
     "Similarity",
+    "TruthReference",
     "analyse_states",
     "assign_cells",
     "atom_table",
@@ -75,4 +77,5 @@ __all__ = [
     "register_sites",
     "similarity",
     "supercell_q",
+    "truth_reference",
 ]

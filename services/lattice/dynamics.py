@@ -426,6 +426,7 @@ def dispersion(
     path: str = "hexagonal",
     tol_A: float = 0.3,
     n_states: int | None = None,
+    noise_variance_A2: float = 0.0,
 ) -> DispersionResult:
     """Phonon frequencies from a Green's tensor: eq. (5) → eq. (6) → ν(q) and branch means.
 
@@ -442,6 +443,10 @@ def dispersion(
     tol_A : float — site assignment tolerance, Å.
     n_states : int, optional — states behind G (``greens_tensor(..., ddof=1)``): unbias
         the inverse covariance (:func:`dynamical_matrix`); None for an exact G.
+    noise_variance_A2 : float — variance per component of the position measurement
+        error, Å² (e.g. the ⟨u²⟩ found on coherent data). White, site-independent errors
+        add this constant to every eigenvalue of ⟨ũũ†⟩(q), which lowers the stiffest
+        modes most; it is subtracted from the diagonal of G before eq. (5). 0: none.
 
     Returns
     -------
@@ -452,7 +457,12 @@ def dispersion(
     basis = np.asarray(basis_A, dtype=np.float64).reshape(-1, c.shape[0])
     sub, _ = assign_cells(s, c, basis, tol_A=tol_A)
     q = supercell_q(c, supercell)
-    cov = fourier_covariance(g_A2, s, sub, q, n_basis=len(basis))
+    if not noise_variance_A2 >= 0:
+        raise ValueError(f"noise_variance_A2 must be >= 0 Å², got {noise_variance_A2!r}")
+    g = np.asarray(g_A2, dtype=np.float64)
+    if noise_variance_A2:
+        g = g - noise_variance_A2 * np.eye(len(g))
+    cov = fourier_covariance(g, s, sub, q, n_basis=len(basis))
     frac2 = 2 * (q @ c.T) / (2 * np.pi)  # 2q in units of the reciprocal vectors
     real = np.all(np.isclose(frac2, np.rint(frac2), atol=1e-9), axis=1)
     dyn = dynamical_matrix(cov, masses_amu, temperature_K, n_states=n_states, real_q=real)

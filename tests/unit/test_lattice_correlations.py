@@ -24,6 +24,7 @@ from speckleflow.services.lattice import (
     in_plane_greens,
     neighbour_pairs,
     similarity,
+    truth_reference,
 )
 
 A = 2.5
@@ -131,3 +132,35 @@ def test_missing_atoms_and_bad_input():
         similarity(np.eye(4), np.eye(6), [[0, 1]])
     with pytest.raises(ValueError, match="non-zero length"):
         similarity(np.zeros((4, 4)), np.zeros((4, 4)), [[0, 1]])
+
+
+def test_truth_reference_projects_columns_and_analytic_greens():
+    """Two stacked layers of a triangular spring lattice, in ase order (x, y, z)."""
+    sites, _, sup = triangular(3, 3, A)
+    g2 = greens(springs(sites, sup, [(A, 2.0)]), 300.0)  # (y, x) components
+    n = len(sites)
+    # 3-D analytic G of 2 layers moving rigidly together in-plane, independent along z
+    g3 = np.zeros((2 * n, 3, 2 * n, 3))
+    b2 = g2.reshape(n, 2, n, 2)
+    for la in range(2):
+        for lb in range(2):
+            g3[la * n:(la + 1) * n, 1, lb * n:(lb + 1) * n, 1] = b2[:, 0, :, 0]  # y
+            g3[la * n:(la + 1) * n, 0, lb * n:(lb + 1) * n, 0] = b2[:, 1, :, 1]  # x
+            g3[la * n:(la + 1) * n, 1, lb * n:(lb + 1) * n, 0] = b2[:, 0, :, 1]
+            g3[la * n:(la + 1) * n, 0, lb * n:(lb + 1) * n, 1] = b2[:, 1, :, 0]
+    for i in range(2 * n):
+        g3[i, 2, i, 2] = 0.01
+    g3 = g3.reshape(6 * n, 6 * n)
+    eq = np.concatenate([np.c_[sites[:, 1], sites[:, 0], np.zeros(n)],
+                         np.c_[sites[:, 1], sites[:, 0], np.full(n, 3.3)]])
+    conf = eq[None] + sample(g3, 500, 3, np.random.default_rng(16))
+    ref = truth_reference(conf, eq, greens_analytic_A2=g3)
+    assert ref.positions_A.shape == (500, n, 2)
+    order = np.lexsort((sites[:, 1], np.round(sites[:, 0], 3)))
+    np.testing.assert_allclose(ref.sites_A, sites[order], atol=1e-9)
+    idx = np.stack([2 * order, 2 * order + 1], axis=1).ravel()
+    np.testing.assert_allclose(ref.greens_analytic_A2, g2[np.ix_(idx, idx)], atol=1e-12)
+    pairs = neighbour_pairs(ref.sites_A, 1.1 * A)
+    assert similarity(ref.greens_sample_A2, ref.greens_analytic_A2, pairs).csm > 0.9
+    nan_ref = truth_reference(conf, eq, greens_analytic_A2=np.full_like(g3, np.nan))
+    assert nan_ref.greens_analytic_A2 is None

@@ -126,3 +126,42 @@ def test_ten_states_unbiased_dynamical_matrix():
     np.testing.assert_allclose(ratio_raw, 9 / 5, rtol=0.12)
     with pytest.raises(ValueError, match="too small"):
         dynamical_matrix(cov[0], masses, T, n_states=5)
+
+
+def test_detection_noise_floor_is_removed(hbn_like):
+    """White position errors (σ = 0.01 Å, vs u ≈ 0.03 Å) soften the stiff branches;
+    subtracting their variance restores the model."""
+    sites, sub, cell, sup, phi, basis, masses = hbn_like
+    rng = np.random.default_rng(8)
+    n = 3000
+    x = sites[None] + sample(greens(phi, T), n, 2, rng) + 0.01 * rng.standard_normal((n, 72, 2))
+    g = greens_tensor(displacements(x))
+    exact = frequencies_THz(bloch_dynamical(phi, sites, sub, sup, masses, supercell_q(cell, (6, 6))))
+    raw = dispersion(g, sites, cell, basis, (6, 6), masses, T, n_states=n)
+    fixed = dispersion(g, sites, cell, basis, (6, 6), masses, T, n_states=n,
+                       noise_variance_A2=1e-4)
+    top_exact = exact[1:, -1].mean()
+    assert raw.frequencies_THz[1:, -1].mean() < 0.9 * top_exact
+    np.testing.assert_allclose(fixed.frequencies_THz[1:], exact[1:], rtol=0.1)
+
+
+def test_rectangular_lattice_path_is_exact():
+    """A centred-rectangular lattice (Si [110] column geometry, a/√2 × a) with springs."""
+    ax, ay = 3.84, 5.43
+    cell = np.array([[0.0, ax], [ay, 0.0]])  # rows (y, x)
+    basis = np.array([[0.0, 0.0], [ay / 2, ax / 2]])
+    i, j = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+    lat = i.reshape(-1, 1) * cell[0] + j.reshape(-1, 1) * cell[1]
+    sites = np.concatenate([lat + basis[0], lat + basis[1]])
+    sub = np.repeat([0, 1], 16)
+    sup = 4 * cell
+    diag = float(np.hypot(ax / 2, ay / 2))
+    phi = springs(sites, sup, [(diag, 8.0), (ax, 3.0), (ay, 2.0)])
+    masses = np.array([28.086, 28.086])
+    res = dispersion(greens(phi, T), sites, cell, basis, (4, 4), masses, T, path="rectangular")
+    exact = frequencies_THz(bloch_dynamical(phi, sites, sub, sup, masses, res.q))
+    np.testing.assert_allclose(res.frequencies_THz, exact, atol=1e-5)
+    assert res.labels == ["Γ", "X", "S", "Y", "Γ"]
+    # 4 × 4 grid: Γ, X/2, X, X + Y/2, S, S − X/2, Y, Y/2 (Γ counted once)
+    assert len(res.path_index) == 8
+    np.testing.assert_allclose(np.diff(res.path_distance).min(), np.pi / (2 * ay), rtol=1e-9)
