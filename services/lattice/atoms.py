@@ -60,6 +60,7 @@ def detect_atoms(
     min_distance_A: float,
     threshold_rel: float = 0.25,
     smooth_A: float = 0.0,
+    min_contrast: float = 0.0,
 ) -> np.ndarray:
     """Atom candidates: local maxima of the phase.
 
@@ -77,6 +78,8 @@ def detect_atoms(
     smooth_A : float — standard deviation of a Gaussian smoothing applied before peak
         finding (0: none), Å. Smoothing only steers the search; positions are refined
         afterwards by :func:`refine_centre_of_mass` on the unsmoothed phase.
+    min_contrast : float — peaks must also rise this much above the image minimum, rad
+        (an image holding noise only then yields no peaks).
 
     Returns
     -------
@@ -106,7 +109,7 @@ def detect_atoms(
     peaks = peak_local_max(
         img,
         min_distance=min_px,
-        threshold_abs=lo + threshold_rel * (hi - lo),
+        threshold_abs=lo + max(threshold_rel * (hi - lo), float(min_contrast)),
         exclude_border=False,
     )
     origin = np.asarray(origin_A, dtype=np.float64).reshape(2)
@@ -275,10 +278,11 @@ def _positions_in_image(
     max_shift_A: float,
     threshold_rel: float,
     smooth_A: float,
+    min_contrast: float = 0.0,
 ) -> np.ndarray:
     peaks = detect_atoms(
         img, p, origin, min_distance_A=min_distance_A, threshold_rel=threshold_rel,
-        smooth_A=smooth_A,
+        smooth_A=smooth_A, min_contrast=min_contrast,
     )
     idx = match_sites(peaks, sites, max_shift_A)
     found = idx >= 0
@@ -324,7 +328,9 @@ def atom_table(
     max_shift_A : float, optional — largest accepted distance of an atom from its site,
         Å; default half the nearest-neighbour distance.
     threshold_rel, smooth_A : see :func:`detect_atoms`.
-    per_slice : bool — also locate atoms slice by slice.
+    per_slice : bool — also locate atoms slice by slice; a slice's peaks must rise
+        ``threshold_rel`` times the largest slice contrast of that state above its
+        minimum (slices without atoms give NaN).
 
     Returns
     -------
@@ -355,8 +361,12 @@ def atom_table(
     for s in range(n_states):
         proj[s] = _positions_in_image(ph[s].sum(axis=0, dtype=np.float64), *args)
         if per_slice:
+            # a slice's peaks must reach threshold_rel of the strongest slice's contrast,
+            # so that a slice without atoms (vacuum, noise) gives NaN, not noise peaks
+            ranges = [float(np.ptp(ph[s, z])) for z in range(n_slices)]
             for z in range(n_slices):
-                per[s, z] = _positions_in_image(ph[s, z].astype(np.float64), *args)
+                per[s, z] = _positions_in_image(ph[s, z].astype(np.float64), *args,
+                                                min_contrast=threshold_rel * max(ranges))
     return AtomTable(positions_A=proj, slice_positions_A=per, sites_A=sites,
                      radius_A=float(radius_A))
 
