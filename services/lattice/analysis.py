@@ -114,6 +114,7 @@ def analyse_states(
     lattice: LatticeModel | None = None,
     temperature_K: float | None = None,
     threshold_rel: float = 0.25,
+    unbias_states: bool = False,
 ) -> LatticeAnalysis:
     """Atoms, displacements, G, Debye–Waller, LSM/CSM and phonon frequencies of states.
 
@@ -130,10 +131,13 @@ def analyse_states(
         truth G of the same sites (e.g. from the truth configurations, or the analytic
         model through :func:`.correlations.in_plane_greens`), Å².
     lattice : LatticeModel, optional — with ``temperature_K``, compute eqs. (5)–(6)
-        (the sites must span the periodic supercell; D is unbiased for the number of
-        states, :func:`.dynamics.dynamical_matrix`).
+        (the sites must span the periodic supercell).
     temperature_K : float, optional — K.
     threshold_rel : float — peak threshold, :func:`.atoms.detect_atoms`.
+    unbias_states : bool — scale D(q) by the inverse-Wishart factor for the number of
+        states (:func:`.dynamics.dynamical_matrix`). Off by default (eq. 6 as written):
+        the factor makes the mean of D right, but with ~10 states the eigenvalues still
+        spread, and it then lowers the soft branches (``bench/bench_lattice.py``).
 
     Returns
     -------
@@ -168,7 +172,7 @@ def analyse_states(
     if lattice is not None:
         disp = dispersion(g, sites, lattice.cell_A, lattice.basis_A, lattice.supercell,
                           lattice.masses_amu, float(temperature_K), path=lattice.path,
-                          n_states=ph.shape[0])
+                          n_states=ph.shape[0] if unbias_states else None)
     return LatticeAnalysis(
         atoms=table,
         shift_A=shift,

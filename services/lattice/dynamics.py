@@ -243,8 +243,11 @@ def dynamical_matrix(
     (ν = N − 1 degrees of freedom, p kept eigenvalues), ``E[Ĉ⁻¹] = ν / (ν − p) C⁻¹``
     (complex Wishart; q ≢ −q) or ``ν / (ν − p − 1) C⁻¹`` (real Wishart; 2q a reciprocal
     lattice vector, e.g. Γ and M). Giving ``n_states`` multiplies D(q) by the inverse
-    factor, so that D is unbiased; with N = 10 states and 2 sublattices in-plane
-    (p = 4) the raw D is 1.8× (complex q) or 2.25× (real q) too large.
+    factor, so that the mean of D is right; with N = 10 states and 2 sublattices
+    in-plane (p = 4) the raw D is 1.8× (complex q) or 2.25× (real q) too large on
+    average. Its eigenvalues are still spread by the sampling noise (the stiffest mode
+    up, the softest down), so frequencies from few states stay biased either way:
+    ``bench/bench_lattice.py`` prints both estimates against a model.
 
     Parameters
     ----------
