@@ -183,8 +183,8 @@ def refine_centre_of_mass(
         d2 = (rows - cc[:, 0, None, None]) ** 2 + (cols - cc[:, 1, None, None]) ** 2
         disc = valid & (d2 <= r_px**2)
         vals = img[np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]
-        big = np.where(disc, vals, np.inf).min(axis=(1, 2))
-        wgt = np.where(disc, vals - big[:, None, None], 0.0)
+        floor = np.where(disc, vals, np.inf).min(axis=(1, 2))  # phase minimum in the disc
+        wgt = np.where(disc, vals - floor[:, None, None], 0.0)
         total = wgt.sum(axis=(1, 2))
         good = ok & (total > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
