@@ -1,0 +1,81 @@
+"""Lattice analysis of reconstructed object states (CAVIAR, Gladyshev et al. 2025): pure algorithms.
+
+Atom positions per object state and slice from the reconstructed phase
+(:mod:`.atoms`), displacements, Green's tensor, LSM/CSM and Debye–Waller factors
+(:mod:`.correlations`), Fourier-transformed displacements, dynamical matrix and phonon
+frequencies (:mod:`.dynamics`), and the figures (:mod:`.figures`, imported on demand).
+
+Conventions: lengths Å, mass amu, temperature K, frequencies THz (ν = ω/2π); in-plane
+coordinates are (y, x) in the row-major order of the images.
+"""
+
+from .analysis import LatticeAnalysis, LatticeModel, analyse_states
+from .atoms import (
+    AtomTable,
+    atom_table,
+    detect_atoms,
+    match_sites,
+    refine_centre_of_mass,
+    register_sites,
+)
+from .correlations import (
+    Similarity,
+    bond_correlation,
+    column_groups,
+    column_positions,
+    correlation_vectors,
+    debye_waller,
+    displacements,
+    einstein_ratio,
+    greens_tensor,
+    in_plane_greens,
+    neighbour_pairs,
+    similarity,
+)
+from .dynamics import (
+    DispersionResult,
+    assign_cells,
+    dispersion,
+    dynamical_matrix,
+    fourier_covariance,
+    fourier_displacements,
+    frequencies_THz,
+    high_symmetry_path,
+    supercell_q,
+)
+from .truth import TruthReference, truth_reference
+
+__all__ = [
+    "AtomTable",
+    "DispersionResult",
+    "LatticeAnalysis",
+    "LatticeModel",
+    "Similarity",
+    "TruthReference",
+    "analyse_states",
+    "assign_cells",
+    "atom_table",
+    "bond_correlation",
+    "column_groups",
+    "column_positions",
+    "correlation_vectors",
+    "debye_waller",
+    "detect_atoms",
+    "dispersion",
+    "displacements",
+    "dynamical_matrix",
+    "einstein_ratio",
+    "fourier_covariance",
+    "fourier_displacements",
+    "frequencies_THz",
+    "greens_tensor",
+    "high_symmetry_path",
+    "in_plane_greens",
+    "match_sites",
+    "neighbour_pairs",
+    "refine_centre_of_mass",
+    "register_sites",
+    "similarity",
+    "supercell_q",
+    "truth_reference",
+]
