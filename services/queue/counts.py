@@ -1,4 +1,4 @@
-"""The online CCI worker's per-state counts, read from Tiled for the adaptive plan."""
+"""What the adaptive plans read from Tiled: the online CCI worker's per-state counts, the g2 worker's τ."""
 
 from __future__ import annotations
 
@@ -39,3 +39,31 @@ def tiled_state_counts(client: Any) -> Callable[[str], list[int] | None]:
         return [int(c) for c in counts]
 
     return read_counts
+
+
+def tiled_g2_estimates(client: Any) -> Callable[[str], dict[str, Any] | None]:
+    """A ``read_g2(run_uid)`` for :func:`speckleflow.plans.adaptive.ecm_adaptive`.
+
+    Parameters
+    ----------
+    client : tiled.client container
+        The root of the Tiled server the online g2 worker writes to.
+
+    Returns
+    -------
+    callable
+        ``read_g2(run_uid) -> dict | None``: the metadata of ``analysis/<run_uid>/g2``
+        (``frames``, ``repeats_done``, ``tau_estimate_s`` in s, ``count_rate`` in
+        electrons per pixel on the first ring per frame, ``time_sampling_s``,
+        ``status``), read afresh on every call, or ``None`` while that node does not
+        exist yet. Other errors propagate; the plan counts them as "not known yet".
+    """
+
+    def read_g2(run_uid: str) -> dict[str, Any] | None:
+        try:
+            node = client[ANALYSIS][run_uid]["g2"]
+        except KeyError:
+            return None
+        return dict(node.metadata)
+
+    return read_g2
