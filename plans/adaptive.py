@@ -288,9 +288,9 @@ def cci_until_covered(
 
 # -- 5D-STEM ECM: choose the frame rate from a probe's live τ and count rate ------------
 
-#: ``read_g2(run_uid)`` → the online g2 worker's latest summary of that run (the metadata
-#: of ``analysis/<uid>/g2``: ``frames``, ``tau_estimate_s`` (s), ``count_rate``
-#: (electrons/pixel/frame on the first ring), ...), or None while there is none.
+#: ``read_g2(run_uid)`` → the online g2 worker's latest estimates for that run:
+#: ``frames`` (frames behind them), ``tau_estimate_s`` (s), ``count_rate``
+#: (electrons/pixel/frame on the first ring), or None while there are none.
 G2Reader = Callable[[str], "Mapping[str, Any] | None"]
 
 
@@ -481,8 +481,8 @@ def ecm_adaptive(
     1. **Probe run**: ``probe_repeats`` rasters of ``nx``×``ny`` at ``frame_rate`` (f₀)
        (:func:`~speckleflow.plans.ecm.fly_raster`). While the run is still open the plan
        polls ``read_g2(probe_uid)`` (every ``poll_interval`` s, at most
-       ``wait_timeout`` s) until the online g2 worker has processed all its frames, then
-       takes its whole-ring τ (``tau_estimate_s``) and count rate (``count_rate``,
+       ``wait_timeout`` s) until the online g2 worker's estimates cover all its frames,
+       then takes its whole-ring τ (``tau_estimate_s``) and count rate (``count_rate``,
        electrons per pixel on the first ring per frame).
     2. **Decision** (:func:`choose_frame_rate`): the frame rate f with
        N_x·N_y/f < 0.05·τ and I_s/(f·N_d) ≥ 1, recorded as one event of the probe run's
@@ -508,10 +508,14 @@ def ecm_adaptive(
         f₀ of the probe, Hz (> 0); kept if it satisfies the constraints.
     read_g2 : callable
         ``read_g2(run_uid) -> mapping | None`` (see :data:`G2Reader`; the service reads
-        ``analysis/<uid>/g2`` metadata from Tiled). An exception it raises counts as
-        "not known yet" (the number of failures is in the reason).
+        the g2 worker's status in ``analysis/<uid>/workers/g2`` from Tiled). An
+        exception it raises counts as "not known yet" (the number of failures is in
+        the reason).
     probe_repeats : int
-        Rasters of the probe run, ≥ 3 (the KWW fit needs lags).
+        Rasters of the probe run, ≥ 3. The probe must last many τ and sample the decay:
+        g2 is normalised per pixel over the probe, so a probe of a few τ estimates τ
+        low (measured: 200 repeats over ~20 τ gave 0.84·τ), and one whose repeats are
+        longer than ~τ/10 often gives no fit at all (then the plan says so and stops).
     margin : float
         Safety factor on the time-sampling bound (≥ 1), see :func:`choose_frame_rate`.
     max_frame_rate : float
@@ -588,7 +592,8 @@ def ecm_adaptive(
         n_frames = nx * ny * probe_repeats
         latest: Mapping[str, Any] | None = None
         failures = 0
-        deadline = time.monotonic() + wait_timeout
+        began = time.monotonic()
+        deadline = began + wait_timeout
         while True:
             try:
                 got = read_g2(uid)
@@ -610,8 +615,10 @@ def ecm_adaptive(
             missing = " and ".join(n for n, v in (("τ", tau), ("count rate", rate)) if v is None)
             decision = FrameRateDecision(
                 False,
-                f"no live {missing} estimate from the g2 worker for the probe run after {wait_timeout:g} s "
-                f"({seen} of {n_frames} probe frames processed){note}: not acquiring",
+                f"no live {missing} estimate from the g2 worker for the probe run after "
+                f"{time.monotonic() - began:.3g} s ({seen} of {n_frames} probe frames behind its estimates)"
+                f"{note}: not acquiring (a τ fit fails when the probe undersamples g2 — raise frame_rate — "
+                f"or lasts too few τ — raise probe_repeats)",
                 uid, f0, tau, rate,
             )  # fmt: skip
         else:

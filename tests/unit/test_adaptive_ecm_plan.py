@@ -181,6 +181,7 @@ def test_without_a_live_estimate_it_does_not_acquire():
     msgs, decision = drive(ecm_adaptive(cam, scan, 8, 8, 30, 1000.0, read_g2=g2, probe_repeats=10))
     assert not decision.feasible
     assert decision.reason.startswith("no live τ estimate from the g2 worker") and "640 of 640" in decision.reason
+    assert "raise frame_rate" in decision.reason
     assert len(_runs(msgs)) == 1
 
 
