@@ -428,13 +428,14 @@ def choose_frame_rate(
         f"f > {f_min:.4g} Hz ({n} positions, 0.05·τ = {limit:.4g} s), the {bound} allow f ≤ {f_max:.4g} Hz"
     )
     if f_lo <= f_hi:
-        f = min(max(f0, f_lo), f_hi)
+        f = float(min(max(f0, f_lo), f_hi))
         if f == f0:
             return f, f"{head}; f₀ = {f0:g} Hz is within [{margin:g}·f_min, f_max]: kept", f_min, f_max
-        how = "raised to the time-sampling bound" if f0 < f_lo else "lowered to the counts bound"
-        if f0 >= f_lo and bound != "counts":
-            how = "lowered to the camera's maximum"
-        return float(f), f"{head}; frame rate {how} ({margin:g}·f_min): f = {f:g} Hz", f_min, f_max
+        if f0 < f_lo:
+            how = f"raised to the time-sampling bound ({margin:g}·f_min)"
+        else:
+            how = "lowered to the counts bound" if bound == "counts" else "lowered to the camera's maximum"
+        return f, f"{head}; frame rate {how}: f = {f:g} Hz", f_min, f_max
     if f_min < f_hi:
         return (
             float(f_hi),
@@ -467,7 +468,7 @@ def ecm_adaptive(
     frame_rate: float,
     *,
     read_g2: G2Reader,
-    probe_repeats: int = 20,
+    probe_repeats: int = 100,
     margin: float = 2.0,
     max_frame_rate: float = 100_000.0,
     set_dose: bool = True,

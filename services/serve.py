@@ -148,7 +148,7 @@ class Service:
                 "plans:          cci_series(ccd, num_pairs, exposure), "
                 "cci_until_covered(ccd, min_pairs_per_state, max_pairs, exposure, check_every=10, "
                 "min_states=1), ecm_5d(celeritas, scan, nx, ny, repeats, frame_rate), "
-                "ecm_adaptive(celeritas, scan, nx, ny, repeats, frame_rate, probe_repeats=20) on an 8×8 scan"
+                "ecm_adaptive(celeritas, scan, nx, ny, repeats, frame_rate, probe_repeats=100) on an 8×8 scan"
             ),
             "submit a plan:",
             (

@@ -91,7 +91,7 @@ def ecm_adaptive(
     repeats: int,
     frame_rate: float,
     *,
-    probe_repeats: int = 20,
+    probe_repeats: int = 100,
     margin: float = 2.0,
     md: dict | None = None,
 ):
