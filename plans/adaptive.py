@@ -371,8 +371,9 @@ def choose_frame_rate(
 
     Time sampling needs N_x·N_y/f < 0.05·τ, i.e. f > f_min = N_x·N_y/(0.05·τ); the counts
     need I_s/(f·N_d) ≥ 1 where I_s/N_d = count_rate·f₀ at the same probe current, i.e.
-    f ≤ count_rate·f₀ (Huang & Voyles; ``ARCHITECTURE.md`` §3). τ from a probe that
-    undersamples g2 is overestimated, so the lower bound carries a safety ``margin``:
+    f ≤ count_rate·f₀ (Huang & Voyles; ``ARCHITECTURE.md`` §3). A probe's τ is an
+    estimate (an undersampled decay biases it high, a probe of few τ low), so the lower
+    bound carries a safety ``margin``:
     the wanted band is [margin·f_min, f_max] with f_max = min(count_rate·f₀,
     ``max_frame_rate``). f₀ is kept if it lies in the band, else the nearest band edge is
     taken (whole Hz, rounded into the band); if the band is empty but (f_min, f_max] is
