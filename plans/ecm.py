@@ -32,6 +32,8 @@ __all__ = [
     "ConstraintCheck",
     "check_ecm_constraints",
     "ecm_5d",
+    "ecm_metadata",
+    "fly_raster",
 ]
 
 #: N_x·N_y/f must be below this fraction of τ.
@@ -270,18 +272,58 @@ def ecm_5d(
             checks,
         )
     nx, ny, repeats, f = int(nx), int(ny), int(repeats), float(frame_rate)
-    n_frames = nx * ny * repeats
-    _md = {
-        "detectors": [camera.name],
-        "motors": [scan.name],
-        "num_points": n_frames,
-        "num_intervals": n_frames - 1,
-        "plan_name": "ecm_5d",
-        "plan_args": {
+    _md = ecm_metadata(
+        camera, scan, nx, ny, repeats, f, checks,
+        plan_args={
             "camera": repr(camera), "scan": repr(scan), "nx": nx, "ny": ny, "repeats": repeats,
             "frame_rate": f, "expected_tau": expected_tau, "dose": dose, "line_flyback": line_flyback,
             "frame_flyback": frame_flyback, "override": bool(override),
         },
+        line_flyback=line_flyback, frame_flyback=frame_flyback, override=bool(override and failing),
+    )  # fmt: skip
+    _md.update(md or {})
+
+    @bpp.stage_decorator([camera, scan])
+    @bpp.run_decorator(md=_md)
+    def inner() -> MsgGenerator:
+        yield from fly_raster(
+            camera, scan, nx, ny, repeats, f, dose=dose, line_flyback=line_flyback,
+            frame_flyback=frame_flyback, flush_period=flush_period,
+        )  # fmt: skip
+
+    return (yield from inner())
+
+
+def ecm_metadata(
+    camera: Any,
+    scan: Any,
+    nx: int,
+    ny: int,
+    repeats: int,
+    frame_rate: float,
+    checks: list[ConstraintCheck],
+    *,
+    plan_args: dict[str, Any],
+    plan_name: str = "ecm_5d",
+    line_flyback: float = 0.0,
+    frame_flyback: float = 0.0,
+    override: bool = False,
+) -> dict[str, Any]:
+    """Start-document metadata of a 5D-STEM raster run (what the g2 worker and TiledWriter read).
+
+    ``plan_name`` stays ``"ecm_5d"`` for every run that is one repeated raster (the
+    online g2 worker reads the raster shape from such runs); ``shape`` is
+    ``[repeats, ny, nx]``, ``time_sampling_s`` is N_x·N_y/f plus the flyback times (s).
+    """
+    n_frames = nx * ny * repeats
+    f = float(frame_rate)
+    return {
+        "detectors": [camera.name],
+        "motors": [scan.name],
+        "num_points": n_frames,
+        "num_intervals": n_frames - 1,
+        "plan_name": plan_name,
+        "plan_args": plan_args,
         "plan_pattern": "repeated raster",
         "plan_pattern_args": {"nx": nx, "ny": ny, "repeats": repeats},
         "shape": [repeats, ny, nx],
@@ -291,32 +333,48 @@ def ecm_5d(
         "dwell_s": 1.0 / f,
         "time_sampling_s": nx * ny / f + ny * line_flyback + frame_flyback,
         "ecm_constraints": {c.name: asdict(c) for c in checks},
-        "constraint_override": bool(override and failing),
+        "constraint_override": bool(override),
         "hints": {"dimensions": [(["time"], "primary")]},
     }
-    _md.update(md or {})
 
-    @bpp.stage_decorator([camera, scan])
-    @bpp.run_decorator(md=_md)
-    def inner() -> MsgGenerator:
-        settings: list[Any] = [
-            scan.nx, nx, scan.ny, ny, scan.repeats, repeats, scan.dwell, 1.0 / f,
-            scan.line_flyback, float(line_flyback), scan.frame_flyback, float(frame_flyback),
-            camera.frame_rate, f,
-        ]
-        if dose is not None:
-            settings += [camera.dose, float(dose)]
-        yield from bps.mv(*settings)
-        yield from bps.declare_stream(camera, name="primary", collect=True)
-        yield from bps.kickoff(camera, wait=True)
-        yield from bps.kickoff(scan, wait=True)
-        yield from bps.collect_while_completing(
-            [scan, camera], [camera], flush_period=flush_period, stream_name="primary"
-        )
-        truth = getattr(camera, "truth", None)
-        if truth is not None:
-            yield from bps.create("truth")
-            yield from bps.read(truth)
-            yield from bps.save()
 
-    return (yield from inner())
+def fly_raster(
+    camera: Any,
+    scan: Any,
+    nx: int,
+    ny: int,
+    repeats: int,
+    frame_rate: float,
+    *,
+    dose: float | None = None,
+    line_flyback: float = 0.0,
+    frame_flyback: float = 0.0,
+    flush_period: float = 0.5,
+) -> MsgGenerator:
+    """The inside of an open 5D-STEM run: configure, fly the raster, collect, read the truth.
+
+    Used by :func:`ecm_5d` and the adaptive plan
+    (:func:`speckleflow.plans.adaptive.ecm_adaptive`); the caller opens the run and
+    stages ``camera`` and ``scan``. Arguments as in :func:`ecm_5d`; ``dose``, when
+    given, is set on the camera (electrons per pixel on the first ring per frame).
+    """
+    f = float(frame_rate)
+    settings: list[Any] = [
+        scan.nx, int(nx), scan.ny, int(ny), scan.repeats, int(repeats), scan.dwell, 1.0 / f,
+        scan.line_flyback, float(line_flyback), scan.frame_flyback, float(frame_flyback),
+        camera.frame_rate, f,
+    ]
+    if dose is not None:
+        settings += [camera.dose, float(dose)]
+    yield from bps.mv(*settings)
+    yield from bps.declare_stream(camera, name="primary", collect=True)
+    yield from bps.kickoff(camera, wait=True)
+    yield from bps.kickoff(scan, wait=True)
+    yield from bps.collect_while_completing(
+        [scan, camera], [camera], flush_period=flush_period, stream_name="primary"
+    )
+    truth = getattr(camera, "truth", None)
+    if truth is not None:
+        yield from bps.create("truth")
+        yield from bps.read(truth)
+        yield from bps.save()

@@ -33,7 +33,7 @@ class ServeOptions:
     tiled_uri: str | None = None
     api_key: str | None = None
     host: str = "127.0.0.1"
-    workers: tuple[str, ...] = ("fth", "cci")
+    workers: tuple[str, ...] = ("fth", "cci", "g2")  # g2: the live τ ecm_adaptive reads
     detector_size: int = 256
     n_families: int = 8
     temperature: float = 300.0
@@ -147,7 +147,8 @@ class Service:
             (
                 "plans:          cci_series(ccd, num_pairs, exposure), "
                 "cci_until_covered(ccd, min_pairs_per_state, max_pairs, exposure, check_every=10, "
-                "min_states=1), ecm_5d(celeritas, scan, nx, ny, repeats, frame_rate) on an 8×8 scan"
+                "min_states=1), ecm_5d(celeritas, scan, nx, ny, repeats, frame_rate), "
+                "ecm_adaptive(celeritas, scan, nx, ny, repeats, frame_rate, probe_repeats=100) on an 8×8 scan"
             ),
             "submit a plan:",
             (

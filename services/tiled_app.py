@@ -14,7 +14,6 @@ Run as ``python -m speckleflow.services.tiled_app --data-dir DIR --port N``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -69,14 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    api_key = os.environ.get(KEY_ENV)
+    from .settings import TiledServerSettings
+
+    settings = TiledServerSettings()
+    api_key = settings.tiled_api_key.get_secret_value() if settings.tiled_api_key else None
     if not api_key:
         print(f"error: {KEY_ENV} is not set; refusing to serve without an API key", file=sys.stderr)
         return 2
 
     from .tiled_auth import READER, WRITER, authentication, check_key, provision_api_keys
 
-    read_key = os.environ.get(READ_KEY_ENV) or None
+    read_key = settings.tiled_read_api_key.get_secret_value() if settings.tiled_read_api_key else None
+    read_key = read_key or None
     try:
         check_key(api_key, KEY_ENV)
         if read_key is not None:

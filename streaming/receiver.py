@@ -47,9 +47,18 @@ class BusReceiver:
     context : zmq.Context, optional
         Default ``zmq.Context.instance()``.
     rcvhwm : int, optional
-        Receive high-water mark, in messages (ZeroMQ counts messages, not bytes:
-        size it to the batch). Beyond it messages are dropped upstream and show up as
-        gaps.
+        Receive high-water mark, in messages (ZeroMQ counts messages, not bytes).
+        Beyond it messages are dropped upstream and show up as gaps.
+    max_queued_bytes : int, optional
+        Byte budget of the receive queue. ZeroMQ's high-water mark counts messages, so
+        10 000 queued 64 KiB frames hold 640 MB; with a budget the receiver lowers
+        RCVHWM to ``max(1, max_queued_bytes // largest message so far)`` (never above
+        ``rcvhwm``) as soon as a larger message arrives — libzmq applies it to the
+        connected pipe. From the first frame message on, the queue then holds at most
+        ``max_queued_bytes`` rounded down to whole messages (at least one), plus the
+        message being received; the operating system's socket buffers come on top
+        (kernel memory, not the process's). None: ``rcvhwm`` messages, whatever their
+        size.
     tracker : SequenceTracker, optional
         Share or inspect the sequence bookkeeping; default a new one.
     warn_interval_s : float, optional
@@ -74,8 +83,21 @@ class BusReceiver:
         tracker: SequenceTracker | None = None,
         warn_interval_s: float = 5.0,
         curve: CurveConfig | None = None,
+        max_queued_bytes: int | None = None,
     ) -> None:
+        if isinstance(rcvhwm, bool) or int(rcvhwm) != rcvhwm or rcvhwm < 1:
+            raise ValueError(f"rcvhwm must be a positive number of messages, got {rcvhwm!r}")
+        if max_queued_bytes is not None and (
+            isinstance(max_queued_bytes, bool) or int(max_queued_bytes) != max_queued_bytes or max_queued_bytes < 1
+        ):
+            raise ValueError(f"max_queued_bytes must be a positive number of bytes or None, got {max_queued_bytes!r}")
         self.address = address
+        self.max_rcvhwm = int(rcvhwm)
+        self.max_queued_bytes = None if max_queued_bytes is None else int(max_queued_bytes)
+        #: The receive high-water mark in force, messages.
+        self.rcvhwm = int(rcvhwm)
+        #: The largest message received so far, bytes (all parts).
+        self.largest_message = 0
         self.tracker = tracker if tracker is not None else SequenceTracker()
         self.decode_errors: Counter[str] = Counter()
         self.frames = 0
@@ -117,6 +139,8 @@ class BusReceiver:
                 parts = socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return None
+        if self.max_queued_bytes is not None:
+            self._fit_hwm(sum(len(p) for p in parts))
         try:
             message = decode(parts)
         except FrameDecodeError as exc:
@@ -133,6 +157,21 @@ class BusReceiver:
         elif type(message) is HeartbeatMessage:
             self.heartbeats += 1
         return message
+
+    def _fit_hwm(self, size: int) -> None:
+        """Lower RCVHWM so that the queue of messages of this size stays in the byte budget."""
+        if size <= self.largest_message:
+            return
+        self.largest_message = size
+        assert self.max_queued_bytes is not None
+        hwm = max(1, min(self.max_rcvhwm, self.max_queued_bytes // size))
+        if hwm != self.rcvhwm:
+            self._socket.setsockopt(zmq.RCVHWM, hwm)
+            logger.info(
+                "receive queue from %s: %d messages of up to %d bytes fit the %d-byte budget",
+                self.address, hwm, size, self.max_queued_bytes,
+            )
+            self.rcvhwm = hwm
 
     def _count_error(self, exc: FrameDecodeError) -> None:
         field = exc.field
@@ -155,7 +194,8 @@ class BusReceiver:
         dict
             ``frames``, ``documents``, ``heartbeats``, ``received`` (frames +
             documents), ``messages``, ``missed``, ``gaps``, ``out_of_order``,
-            ``decode_errors`` (dict field → count).
+            ``decode_errors`` (dict field → count), ``rcvhwm`` (messages, in
+            force), ``largest_message`` (bytes), ``max_queued_bytes``.
         """
         tracker = self.tracker
         return {
@@ -168,6 +208,9 @@ class BusReceiver:
             "gaps": tracker.gaps,
             "out_of_order": tracker.out_of_order,
             "decode_errors": dict(self.decode_errors),
+            "rcvhwm": self.rcvhwm,
+            "largest_message": self.largest_message,
+            "max_queued_bytes": self.max_queued_bytes,
         }
 
     def close(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -472,9 +471,10 @@ def serve_command(
     """The long-running service, controlled through the Bluesky queue server.
 
     Starts Tiled (embedded unless --tiled-uri), the ZeroMQ proxy, the online workers
-    (fth, cci), redis-server and the RE Manager (bluesky-queueserver) with speckleflow's
+    (fth, cci, g2), redis-server and the RE Manager (bluesky-queueserver) with speckleflow's
     startup directory: devices `ccd` (helicity CCD on the simulated magnetic sample),
-    `celeritas` and `scan` (5D-STEM), plans `cci_series`, `cci_until_covered`, `ecm_5d`.
+    `celeritas` and `scan` (5D-STEM), plans `cci_series`, `cci_until_covered`, `ecm_5d`,
+    `ecm_adaptive`.
     Prints the addresses and how to submit a plan with `qserver`; Ctrl-C aborts a
     running plan and stops every process.
     """
@@ -522,16 +522,19 @@ def worker_command(
     """One online worker process (what `speckleflow run` starts and compose.yaml runs).
 
     The Tiled API key comes from SPECKLEFLOW_API_KEY (never the command line); CURVE
-    encryption of the bus from SPECKLEFLOW_CURVE_* (see speckleflow.streaming.curve).
+    encryption of the bus from SPECKLEFLOW_CURVE_* (see speckleflow.streaming.curve); the
+    byte budget of the bus receive queue from SPECKLEFLOW_RCV_QUEUE_MIB (default 64 MiB).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     from speckleflow.services.results import ResultsPublisher
+    from speckleflow.services.settings import WorkerSettings
     from speckleflow.services.workers.base import Worker
     from speckleflow.streaming import CurveConfig
     from tiled.client import from_uri
 
-    api_key = os.environ.get("SPECKLEFLOW_API_KEY")
+    settings = WorkerSettings()
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     results = ResultsPublisher(lambda: from_uri(tiled_uri, api_key=api_key))
     if kind is WorkerKind.cci:
         from speckleflow.services.workers.cci_worker import CCIAssignmentUnit
@@ -545,6 +548,7 @@ def worker_command(
         from speckleflow.services.workers.fth_worker import FTHPreviewUnit
 
         unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate, detector=detector or "ccd")
+    from speckleflow.services.status_publisher import StatusPublisher
     from speckleflow.services.workers.resume import tiled_run_documents
 
     worker = Worker(
@@ -552,8 +556,11 @@ def worker_command(
         bus,
         status_address=status,
         results=results,
+        # its own connection: status never waits behind the results (see StatusPublisher)
+        status_results=StatusPublisher(lambda: from_uri(tiled_uri, api_key=api_key)),
         curve=CurveConfig.from_env(),
         run_documents=tiled_run_documents(lambda: from_uri(tiled_uri, api_key=api_key)),
+        max_queued_bytes=settings.max_queued_bytes,
     )
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())

@@ -7,7 +7,10 @@ unit, lets the unit publish through a :class:`~speckleflow.services.results.Resu
 orchestrator (frames seen and processed, gaps, drops, decode errors, lag). The same
 counters, counted from the run's start document, are published once a second into the
 metadata of ``analysis/<run uid>/workers/<kind>`` (status ``live``, then ``final`` at the
-stop document), where dashboards and control plans read them.
+stop document), where dashboards and control plans read them. That status goes through
+its own :class:`~speckleflow.services.status_publisher.StatusPublisher` (own thread and
+connection, newest value only), so a backlog of results in a lagging Tiled never makes
+it stale; the ``final`` status also follows the run's results through the results queue.
 
 Undecodable messages, malformed documents, frames holding NaN or infinity, and unit
 errors on one message are counted, logged with the reason (rate-limited), and
@@ -44,6 +47,7 @@ from speckleflow.streaming import (
 
 from ..layout import provenance
 from ..results import ResultsPublisher
+from ..status_publisher import StatusPublisher
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +96,21 @@ class Worker:
         The orchestrator's PULL endpoint for status reports.
     results : ResultsPublisher, optional
         Flushed on shutdown.
+    status_results : StatusPublisher, optional
+        Writes the run's status into ``analysis/<uid>/workers/<kind>`` apart from the
+        results (latest value wins); without it the status shares ``results``' queue
+        (and is throttled while results are pending).
     status_interval : float
         Seconds between status reports.
     rcvhwm : int
         Receive high-water mark of the bus socket, in messages; beyond it ZeroMQ drops
         messages (they show up as gaps), so the worker's queued memory is bounded by
         ``rcvhwm`` × message size.
+    max_queued_bytes : int, optional
+        Byte budget of the bus receive queue (see
+        :class:`~speckleflow.streaming.BusReceiver`): RCVHWM follows the largest
+        message so that the queue stays within it. The ``speckleflow worker`` command
+        sets it from ``SPECKLEFLOW_RCV_QUEUE_MIB``.
     tiled_status_interval : float
         Seconds between two status updates in ``analysis/<uid>/workers/<kind>``.
     curve : CurveConfig, optional
@@ -119,9 +132,12 @@ class Worker:
         tiled_status_interval: float = 1.0,
         curve: CurveConfig | None = None,
         run_documents: RunDocuments | None = None,
+        status_results: StatusPublisher | None = None,
+        max_queued_bytes: int | None = None,
     ) -> None:
         self.unit = unit
-        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
+        self.status_results = status_results
+        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve, max_queued_bytes=max_queued_bytes)
         self.run_documents = run_documents
         self.resumed_runs: set[str] = set()
         self._resume_attempt: dict[str, float] = {}
@@ -170,6 +186,8 @@ class Worker:
         finally:
             if self.results is not None:
                 self.results.close(timeout=30)
+            if self.status_results is not None:
+                self.status_results.close(timeout=10)
             self.push_status(final=True)
             self.receiver.close()
             if self.status_pusher is not None:
@@ -313,6 +331,12 @@ class Worker:
         }
         if self.results is not None:
             report["results"] = {**self.results.stats.as_dict(), "pending": self.results.pending}
+        if self.status_results is not None:
+            report["status_path"] = {**self.status_results.stats.as_dict(), "pending": self.status_results.pending}
+        bus = self.receiver
+        report["receive_queue"] = {
+            "rcvhwm": bus.rcvhwm, "largest_message": bus.largest_message, "max_queued_bytes": bus.max_queued_bytes,
+        }
         return report
 
     def _counters(self) -> dict[str, Any]:
@@ -343,17 +367,24 @@ class Worker:
     def publish_run_status(self, final: bool = False) -> None:
         """Merge this run's counters and lag into ``analysis/<uid>/workers/<kind>`` metadata.
 
-        Non-blocking (through the results publisher); at most once per
-        ``tiled_status_interval`` seconds, and while results are waiting to be written
-        only every ``5 · tiled_status_interval`` (status never crowds out results).
-        ``final`` is always published.
+        Non-blocking, at most once per ``tiled_status_interval`` seconds; ``final`` is
+        always published. With ``status_results`` the status takes that path (never
+        behind the results); the ``final`` status goes both ways, so that it also lands
+        after the run's last results. Without it, through the results queue, and while
+        results are waiting only every ``5 · tiled_status_interval`` (status never
+        crowds out results).
         """
         if self.results is None or self.run_uid is None:
             return
         now = time.time()
         if not final and now < self._next_tiled_status:
             return
-        if not final and self.results.pending and now < self._next_tiled_status + 4 * self.tiled_status_interval:
+        if (
+            not final
+            and self.status_results is None
+            and self.results.pending
+            and now < self._next_tiled_status + 4 * self.tiled_status_interval
+        ):
             return
         self._next_tiled_status = now + self.tiled_status_interval
         md = provenance(
@@ -372,7 +403,12 @@ class Worker:
             units={"lag_s": "s", "updated": "s since the epoch", "counters": "frames since the run's start"},
             **self.run_counters(),
         )
-        self.results.update_metadata((self.run_uid, "workers", self.unit.kind), md)
+        path = (self.run_uid, "workers", self.unit.kind)
+        if self.status_results is not None:
+            self.status_results.update_metadata(path, md)
+            if not final:
+                return
+        self.results.update_metadata(path, md)
 
     def push_status(self, final: bool = False) -> None:
         if self.run_state == "running":

@@ -106,6 +106,7 @@ class G2Unit:
         self.published_repeats = 0
         self.tau: float = math.nan
         self.last_count_rate: float = math.nan
+        self.estimate_frames = 0  # frames behind tau and last_count_rate
         self.dirty = False
         self.last_publish = 0.0
 
@@ -182,6 +183,7 @@ class G2Unit:
             "repeats": self.repeats,
             "tau_s": None if math.isnan(self.tau) else round(self.tau, 6),
             "count_rate": None if math.isnan(self.last_count_rate) else round(self.last_count_rate, 4),
+            "estimate_frames": self.estimate_frames,
             "updates": self.updates,
             "filled_positions": 0 if e is None else e.filled_positions,
             "late_frames": 0 if e is None else e.late_frames,
@@ -247,6 +249,7 @@ class G2Unit:
             metadata=self._metadata(status, units={"count_rate": "electrons/pixel/frame on the first ring"}),
         )
         self._publish_virtual(status)
+        self.estimate_frames = e.frames
         self.results.update_metadata(
             (uid, "g2"), self._metadata(status, tau_estimate_s=_finite(self.tau), **summary, **extra)
         )

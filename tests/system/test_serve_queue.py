@@ -1,7 +1,7 @@
 """`speckleflow serve` end to end: plans submitted through the Bluesky queue server.
 
 One service for the module, started as a user starts it: the ``speckleflow serve``
-command in a subprocess (Tiled, proxy, fth + cci workers, redis-server, RE Manager with
+command in a subprocess (Tiled, proxy, fth, cci and g2 workers, redis-server, RE Manager with
 speckleflow's startup directory). Plans go in through ``bluesky_queueserver_api``'s
 REManagerAPI over 0MQ, at the control address the command printed; runs are read back
 from Tiled; the last test presses Ctrl-C (SIGINT) and checks that no process is left.
@@ -140,7 +140,7 @@ def test_serve_prints_where_everything_is(service):
         assert service.api_key.encode() not in cmdline, pid
     for log in (service.data_dir / "logs").iterdir():
         assert service.api_key not in log.read_text(errors="replace"), log
-    assert set(service.RM.plans_allowed()["plans_allowed"]) == {"cci_series", "cci_until_covered", "ecm_5d"}
+    assert set(service.RM.plans_allowed()["plans_allowed"]) == {"cci_series", "cci_until_covered", "ecm_5d", "ecm_adaptive"}
     assert {"ccd", "celeritas", "scan"} <= set(service.RM.devices_allowed()["devices_allowed"])
 
 

@@ -1,0 +1,136 @@
+"""A stalled consumer's receive queue stays within its byte budget (not 10 000 messages).
+
+The receiver runs in a child process (its resident memory is what is measured). It takes
+one frame message of 256 KiB, then stops reading: a stalled worker. The test process
+publishes through an XPUB socket with ``XPUB_NODROP``, so that instead of dropping it
+blocks once the whole path (its own queue, the kernel's socket buffers, the receiver's
+queue) is full: a send that times out is the event "the stalled receiver's queue is full".
+Then the child reports its memory growth and drains, counting what it had queued.
+Without a budget the same receiver queues as many messages as its RCVHWM allows.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import zmq
+from speckleflow.streaming import BusReceiver, encode_frames
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
+
+FRAME_SHAPE = (1, 256, 512)  # one uint16 Celeritas-like frame per message: 256 KiB
+BUDGET = 4 * 2**20  # bytes
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from speckleflow.streaming import BusReceiver
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    address, budget, rcvhwm = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rx = BusReceiver(address, rcvhwm=rcvhwm, max_queued_bytes=None if budget == "none" else int(budget))
+    while rx.recv(timeout_ms=5000) is None or rx.frames == 0:
+        pass  # heartbeats until the first frame
+    print("stalled", rx.rcvhwm, rss(), flush=True)
+    sys.stdin.readline()  # the test says: the path is full
+    print("full", rss(), flush=True)
+    n = 0
+    while rx.recv(timeout_ms=300) is not None:
+        n += 1
+    print("drained", n, flush=True)
+    """
+)
+
+
+def _flood(budget: int | None, rcvhwm: int) -> dict[str, int]:
+    """Run a stalled receiver child; return its queue figures."""
+    ctx = zmq.Context.instance()
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.setsockopt(zmq.XPUB_NODROP, 1)
+    xpub.setsockopt(zmq.SNDHWM, 2)
+    xpub.setsockopt(zmq.SNDTIMEO, 1000)
+    port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, f"tcp://127.0.0.1:{port}", "none" if budget is None else str(budget), str(rcvhwm)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert xpub.poll(30_000), "the receiver never subscribed"
+        xpub.recv()  # its first subscription: it is connected
+        frames = np.ones(FRAME_SHAPE, np.uint16)
+        seq = 0
+        xpub.send_multipart(encode_frames("run", "celeritas", seq, frames), copy=False)
+        seq += 1
+        word, hwm, rss0 = child.stdout.readline().split()
+        assert word == "stalled"
+        sent = 0
+        while True:  # until a send blocks for SNDTIMEO: the stalled receiver's path is full
+            try:
+                xpub.send_multipart(encode_frames("run", "celeritas", seq, frames), copy=False)
+            except zmq.Again:
+                break
+            seq += 1
+            sent += 1
+            assert sent < 5000, "the path never filled up"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        word, rss_full = child.stdout.readline().split()
+        assert word == "full"
+        word, drained = child.stdout.readline().split()
+        assert word == "drained"
+        assert child.wait(30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        xpub.close(linger=0)
+    return {"rcvhwm": int(hwm), "sent": sent, "drained": int(drained), "growth": int(rss_full) - int(rss0)}
+
+
+def test_a_stalled_receiver_holds_at_most_its_byte_budget():
+    message = sum(memoryview(p).nbytes for p in encode_frames("run", "celeritas", 0, np.ones(FRAME_SHAPE, np.uint16)))
+    bounded = _flood(BUDGET, 10_000)
+    unbounded = _flood(None, 200)  # the same receiver counting messages only (200 × 256 KiB)
+    mib = 2**20
+    print(
+        f"\nmessage {message / 1024:.0f} KiB; budget {BUDGET / mib:.0f} MiB -> RCVHWM {bounded['rcvhwm']}: sent "
+        f"{bounded['sent']} into the stalled path, queued in the receiver {bounded['drained']}, its memory "
+        f"growth {bounded['growth'] / mib:.1f} MiB; without a budget (RCVHWM 200): sent {unbounded['sent']}, "
+        f"queued {unbounded['drained']}, growth {unbounded['growth'] / mib:.1f} MiB"
+    )
+    assert bounded["rcvhwm"] == BUDGET // message
+    # Nothing was dropped (XPUB_NODROP): the receiver drained exactly what it was sent.
+    assert bounded["drained"] == bounded["sent"] and unbounded["drained"] == unbounded["sent"]
+    # The stated bound: the budget plus the message being received (one more), in the process.
+    assert bounded["growth"] <= BUDGET + 2 * message
+    # The measurement sees queued messages: the count-bounded queue grows far beyond it.
+    assert unbounded["growth"] > 4 * BUDGET
+
+
+def test_the_budget_lowers_rcvhwm_to_whole_messages_and_never_raises_it():
+    rx = BusReceiver("tcp://127.0.0.1:1", rcvhwm=50, max_queued_bytes=1000)
+    try:
+        rx._fit_hwm(100)
+        assert rx.rcvhwm == 10
+        rx._fit_hwm(60)  # smaller messages do not raise it back
+        assert rx.rcvhwm == 10
+        rx._fit_hwm(10_000)  # larger than the budget: still one message
+        assert rx.rcvhwm == 1 and rx.stats()["largest_message"] == 10_000
+    finally:
+        rx.close()
+    big = BusReceiver("tcp://127.0.0.1:1", rcvhwm=5, max_queued_bytes=10**9)
+    try:
+        big._fit_hwm(100)
+        assert big.rcvhwm == 5  # never above the rcvhwm given
+    finally:
+        big.close()
+    with pytest.raises(ValueError, match="max_queued_bytes"):
+        BusReceiver("tcp://127.0.0.1:1", max_queued_bytes=0)
