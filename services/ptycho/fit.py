@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .geometry import fresnel_propagator, object_grid
 from .model import far_field_intensity, gather_patches
@@ -61,7 +62,8 @@ def reconstruct(
     position_lr: float = 0.02,
     learn_state_weights: bool = False,
     fixed_amplitude: bool = False,
-    state_perturbation_rad: float = 0.05,
+    state_perturbation_rad: float = 0.1,
+    state_perturbation_px: float = 1.5,
     mode_power_fraction: float = 0.1,
     margin_px: int = 4,
     progress: Progress | None = None,
@@ -102,6 +104,9 @@ def reconstruct(
         Pure phase objects (|O| = 1).
     state_perturbation_rad : float
         Standard deviation of the random phase added to each state at the second stage.
+    state_perturbation_px : float
+        Correlation length (Gaussian σ, pixels) of that random phase: smooth
+        perturbations, like displaced atoms, separate the states faster than white noise.
     mode_power_fraction : float
         Initial power of the probe modes beyond the first (:func:`probe_modes`).
     margin_px : int
@@ -141,6 +146,9 @@ def reconstruct(
             raise ValueError(f"first_stage_iterations must be in [0, {iterations}), got {first_stage_iterations!r}")
     else:
         first = iterations
+    if state_perturbation_rad < 0 or state_perturbation_px < 0:
+        raise ValueError(f"state perturbation must be >= 0, got {state_perturbation_rad!r} rad, "
+                         f"{state_perturbation_px!r} px")
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
 
@@ -150,14 +158,14 @@ def reconstruct(
     try:
         return _fit(data, n_slices, float(slice_thickness_A), n_states, n_modes, iterations, first,
                     loss, batch_size, lr, probe_lr, position_correction, position_lr,
-                    learn_state_weights, fixed_amplitude, state_perturbation_rad,
+                    learn_state_weights, fixed_amplitude, state_perturbation_rad, state_perturbation_px,
                     mode_power_fraction, margin_px, progress, seed)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_size, lr, probe_lr,
-         position_correction, position_lr, learn_weights, fixed_amplitude, perturbation,
+         position_correction, position_lr, learn_weights, fixed_amplitude, perturbation, perturbation_px,
          mode_power, margin_px, progress, seed) -> ReconstructionResult:
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
@@ -230,7 +238,10 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
     t_stage1 = time.perf_counter() - t0
     if n_states > 1:
         with torch.no_grad():
-            noise = torch.as_tensor(rng.normal(0, perturbation, (n_states, n_slices, h, w)).astype(np.float32))
+            noise = ndimage.gaussian_filter(rng.normal(size=(n_states, n_slices, h, w)),
+                                            (0, 0, perturbation_px, perturbation_px))
+            noise *= perturbation / max(float(noise.std()), 1e-12)
+            noise = torch.as_tensor(noise.astype(np.float32))
             noise[0] = 0
             new_phase = phase.detach().repeat(n_states, 1, 1, 1) + noise
             new_amp = log_amp.detach().repeat(n_states, 1, 1, 1)
@@ -252,7 +263,8 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
         "batch_size": batch_size, "lr": lr, "probe_lr": probe_lr,
         "position_correction": bool(position_correction), "position_lr": position_lr,
         "learn_state_weights": bool(learn_weights), "fixed_amplitude": bool(fixed_amplitude),
-        "state_perturbation_rad": perturbation, "mode_power_fraction": mode_power,
+        "state_perturbation_rad": perturbation, "state_perturbation_px": perturbation_px,
+        "mode_power_fraction": mode_power,
         "margin_px": margin_px, "seed": int(seed), "threads": torch.get_num_threads(),
         "energy_eV": float(data.energy_eV), "semiangle_mrad": float(data.semiangle_mrad),
         "angular_sampling_mrad": float(data.angular_sampling_mrad),

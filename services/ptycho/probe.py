@@ -255,6 +255,6 @@ def orthogonalize_modes(modes: np.ndarray) -> np.ndarray:
     if modes.ndim != 3:
         raise ValueError(f"modes must have shape (n_modes, qy, qx), got {modes.shape}")
     n = modes.shape[0]
-    u, s, vh = np.linalg.svd(modes.reshape(n, -1).astype(np.complex128), full_matrices=False)
+    _, s, vh = np.linalg.svd(modes.reshape(n, -1).astype(np.complex128), full_matrices=False)
     out = (s[:, None] * vh).reshape(modes.shape)
     return out.astype(np.complex64)
