@@ -196,7 +196,8 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
     logits = torch.zeros(1, requires_grad=False)
 
     losses: list[float] = []
-    stage_marks: list[int] = []
+    # torch.optim's first use imports torch._dynamo (seconds); count it as setup, not fitting
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
     def run_stage(n_iter: int, logits: torch.Tensor) -> None:
         params = [{"params": [phase], "lr": lr}, {"params": [probe_param], "lr": probe_lr}]
@@ -234,7 +235,6 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
 
     t0 = time.perf_counter()
     run_stage(first, logits)
-    stage_marks.append(len(losses))
     t_stage1 = time.perf_counter() - t0
     if n_states > 1:
         with torch.no_grad():
