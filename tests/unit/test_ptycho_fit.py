@@ -147,3 +147,29 @@ def test_two_state_data_are_fitted_better_by_two_states_than_by_one() -> None:
     assert local_two >= 0.85 and local_two >= local_one + 0.1
     assert two.object.shape[:2] == (2, 1)
     np.testing.assert_allclose(two.state_weights, [0.5, 0.5])
+
+
+@pytest.mark.slow
+def test_position_correction_with_the_amplitude_loss_moves_positions_towards_the_truth() -> None:
+    from speckleflow.services.ptycho.fit import reconstruct
+
+    rng = np.random.default_rng(7)
+    positions, grid, (truth,) = _scene(rng, peak_rad=0.6)
+    data = _data(rng, positions, grid, [truth], n_sub_slices=1)
+    error = rng.normal(0, 0.25, positions.shape)  # Å
+    data.positions_A = positions + error
+    kw = {"n_slices": 1, "iterations": 40, "batch_size": 16, "lr": 0.03, "seed": 0, "threads": 1,
+          "loss": "amplitude"}
+    fixed = reconstruct(data, **kw)
+    moved = reconstruct(data, position_correction=True, position_lr=0.02, **kw)
+
+    def rms(found: np.ndarray) -> float:  # up to the global shift ptychography cannot see
+        d = found - positions
+        return float(np.sqrt(np.mean((d - d.mean(axis=0)) ** 2)))
+
+    print(f"position rms error {rms(data.positions_A):.3f} Å -> {rms(moved.positions_A):.3f} Å; "
+          f"loss {fixed.loss[-1]:.4g} -> {moved.loss[-1]:.4g}")
+    np.testing.assert_allclose(fixed.positions_A, data.positions_A)
+    assert rms(moved.positions_A) < 0.6 * rms(data.positions_A)
+    assert moved.loss[-1] < fixed.loss[-1]
+    assert moved.params["loss"] == "amplitude"

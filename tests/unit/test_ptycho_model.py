@@ -139,3 +139,38 @@ def test_object_grid_holds_every_window_and_maps_positions() -> None:
     np.testing.assert_allclose(grid.origin_A + centres * pixel, positions, atol=1e-12)
     with pytest.raises(ValueError, match="positions_A"):
         object_grid(np.zeros((3, 3)), pixel, Q)
+
+
+@pytest.mark.slow
+def test_multislice_matches_abtem_and_the_probe_is_abtems() -> None:
+    """abTEM (the simulator of the paper and of our sample model) as the reference:
+    its transmission functions and probe through our multislice give its pattern, and our
+    aperture probe is its probe but for the aperture edge (abTEM tapers it)."""
+    abtem = pytest.importorskip("abtem")
+    ase = pytest.importorskip("ase")
+    from speckleflow.services.ptycho.model import simulate
+
+    q, defocus, dz = 64, 30.0, 2.0
+    pixel = real_space_pixel_A(E, q, DALPHA)
+    side = q * pixel
+    atoms = ase.Atoms("CSi", positions=[(side / 2 + 0.3, side / 2 - 0.2, 1.0), (side / 2 - 0.8, side / 2 + 0.5, 3.0)],
+                      cell=(side, side, 2 * dz))
+    with abtem.config.set({"antialias.cutoff": 1.0, "antialias.taper": 0.0, "precision": "float64"}):
+        potential = abtem.Potential(atoms, gpts=(q, q), slice_thickness=dz, projection="infinite")
+        transmission = np.asarray(potential.build().transmission_function(E).compute().array)
+        probe = abtem.Probe(energy=E, semiangle_cutoff=ALPHA, defocus=defocus)
+        probe.grid.match(potential)
+        psi_abtem = np.asarray(probe.build().compute().array).squeeze()
+        exit_waves = probe.multislice(potential, scan=abtem.CustomScan([(side / 2, side / 2)]))
+        ref = np.asarray(exit_waves.diffraction_patterns(max_angle=None, block_direct=False).compute().array)
+    ref = ref.squeeze()
+    assert transmission.shape == (2, q, q)
+    prop = fresnel_propagator(q, pixel, electron_wavelength_A(E), dz)
+    ours = simulate(transmission[None], psi_abtem[None], np.zeros((1, 2), np.int64), np.zeros((1, 2)),
+                    propagator=prop)[0]
+    np.testing.assert_allclose(ours / ours.sum(), ref / ref.sum(), atol=1e-4 * (ref / ref.sum()).max())
+    psi = aperture_probe((q, q), E, ALPHA, DALPHA, defocus_A=defocus)
+    overlap = abs(np.vdot(psi_abtem, psi)) / (np.linalg.norm(psi_abtem) * np.linalg.norm(psi))
+    wrong_sign = aperture_probe((q, q), E, ALPHA, DALPHA, defocus_A=-defocus)
+    overlap_wrong = abs(np.vdot(psi_abtem, wrong_sign)) / (np.linalg.norm(psi_abtem) * np.linalg.norm(psi))
+    assert overlap > 0.98 and overlap_wrong < 0.8
