@@ -71,6 +71,9 @@ class PtychoProcessOptions:
         Refine the scan positions.
     seed, threads : int, int or None
         Seed; torch threads.
+    extra : dict
+        Further keyword arguments of :func:`~speckleflow.services.ptycho.fit.reconstruct`
+        (e.g. ``fixed_amplitude``, ``learn_state_weights``, ``state_perturbation_rad``).
     """
 
     detector: str = "celeritas"

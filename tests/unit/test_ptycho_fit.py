@@ -151,6 +151,9 @@ def test_two_state_data_are_fitted_better_by_two_states_than_by_one() -> None:
 
 @pytest.mark.slow
 def test_position_correction_with_the_amplitude_loss_moves_positions_towards_the_truth() -> None:
+    """0.25 Å rms random position errors (0.65 px). Measured: 0.259 → 0.139 Å after 40
+    passes (0.15–0.16 Å with a larger step or 60 passes: the residual couples to the
+    object and probe); the bound leaves room for the machine's float differences."""
     from speckleflow.services.ptycho.fit import reconstruct
 
     rng = np.random.default_rng(7)
@@ -170,6 +173,6 @@ def test_position_correction_with_the_amplitude_loss_moves_positions_towards_the
     print(f"position rms error {rms(data.positions_A):.3f} Å -> {rms(moved.positions_A):.3f} Å; "
           f"loss {fixed.loss[-1]:.4g} -> {moved.loss[-1]:.4g}")
     np.testing.assert_allclose(fixed.positions_A, data.positions_A)
-    assert rms(moved.positions_A) < 0.6 * rms(data.positions_A)
+    assert rms(moved.positions_A) < 0.7 * rms(data.positions_A)
     assert moved.loss[-1] < fixed.loss[-1]
     assert moved.params["loss"] == "amplitude"
