@@ -36,6 +36,7 @@ class StepProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
             console=console,
         )
         self._tasks: dict[str, TaskID] = {}
@@ -58,5 +59,11 @@ class StepProgress:
     def __call__(self, step: str, done: int, total: int) -> None:
         task = self._tasks.get(step)
         if task is None:
-            task = self._tasks[step] = self._progress.add_task(step, total=max(int(total), 1))
+            task = self._tasks[step] = self._progress.add_task(step, total=max(int(total), 1), info="")
         self._progress.update(task, completed=int(done), total=max(int(total), 1))
+
+    def info(self, step: str, text: str) -> None:
+        """Show ``text`` (e.g. the current loss) beside the bar of ``step``."""
+        task = self._tasks.get(step)
+        if task is not None:
+            self._progress.update(task, info=text)

@@ -452,6 +452,67 @@ def process_phase_command(
                         data_dir, tiled_uri, api_key)
 
 
+class PtychoLoss(str, Enum):
+    poisson = "poisson"
+    amplitude = "amplitude"
+
+
+@process_app.command("ptycho")
+def process_ptycho_command(
+    run_uid: Annotated[str, typer.Argument(help="Run uid (raw/<uid>) or a unique prefix of >= 8 characters.")],
+    slices: Annotated[int, typer.Option(help="Object slices (multislice).", min=1)] = 1,
+    slice_thickness: Annotated[
+        float | None,
+        typer.Option(help="Slice spacing, Å (default: the run's sample_thickness_A / --slices).", show_default=False),
+    ] = None,
+    states: Annotated[int, typer.Option(help="Incoherent object states (> 1: the two-stage mixed-object fit).",
+                                        min=1)] = 1,
+    modes: Annotated[int, typer.Option(help="Incoherent probe modes.", min=1)] = 1,
+    iterations: Annotated[int, typer.Option(help="Passes over all scan positions, both stages.", min=1)] = 50,
+    first_stage: Annotated[
+        int | None,
+        typer.Option(help="Passes of the single-state stage (default: half of --iterations).", show_default=False),
+    ] = None,
+    loss: Annotated[PtychoLoss, typer.Option(help="Likelihood: Poisson or amplitude (Gaussian).")] = PtychoLoss.poisson,
+    batch_size: Annotated[int, typer.Option(help="Scan positions per gradient step.", min=1)] = 32,
+    lr: Annotated[float, typer.Option(help="Adam step of the object phase, rad.")] = 0.02,
+    probe_lr: Annotated[float, typer.Option(help="Adam step of the probe (relative to its peak).")] = 0.01,
+    position_correction: Annotated[bool, typer.Option(help="Refine the scan positions.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the state perturbations and minibatch order.")] = 0,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: torch's).", show_default=False, min=1)
+    ] = None,
+    detector: Annotated[str, typer.Option(help="ophyd name of the camera in the run.")] = "celeritas",
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Mixed-object multislice maximum-likelihood ptychography of a stored 4D-STEM run (CAVIAR).
+
+    Needs the optional extra: pip install 'speckleflow[ptycho]' (torch, CPU). Fits
+    object states × slices and probe modes to the patterns with torch autograd (Adam),
+    first one state with the probe modes, then the mixed object. Results replace an
+    earlier reconstruction under analysis/<uid>/ptycho/ (object_phase, object_amplitude,
+    probe_modes, loss, positions, state_weights).
+    """
+    from speckleflow.services.process_ptycho import (
+        PtychoProcessOptions,
+        print_ptycho_processing,
+        process_ptycho,
+    )
+
+    def build() -> PtychoProcessOptions:
+        return PtychoProcessOptions(
+            detector=detector, n_slices=slices, n_states=states, n_modes=modes,
+            slice_thickness_A=slice_thickness, iterations=iterations, first_stage_iterations=first_stage,
+            loss=loss.value, batch_size=batch_size, lr=lr, probe_lr=probe_lr,
+            position_correction=position_correction, seed=seed, threads=threads,
+        )
+
+    _process_stored_run(run_uid, "ptychography", build, process_ptycho, print_ptycho_processing,
+                        data_dir, tiled_uri, api_key)
+
+
 @app.command("serve")
 def serve_command(
     data_dir: DataDirOpt = Path("speckleflow-data"),

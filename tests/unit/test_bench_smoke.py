@@ -182,3 +182,28 @@ def test_g2_benchmark_quick_prints_a_table() -> None:
     # correlators that are not installed are named, not silently dropped
     for name in ("scikit-beam", "boost_corr"):
         assert any(name in line for line in lines), name
+
+
+PTYCHO_BENCH = BENCH.parent / "bench_ptycho.py"
+
+
+@pytest.mark.timeout(120)
+def test_ptycho_benchmark_quick_prints_a_table() -> None:
+    pytest.importorskip("torch")
+    completed = subprocess.run(
+        [sys.executable, str(PTYCHO_BENCH), "--quick", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("states"))
+    for column in ("s/iteration", "vs 1×1", "2-thread speedup", "peak RSS GB"):
+        assert column in header
+    rows = [line.split() for line in lines[lines.index(header) + 2 :] if line.strip()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("1", "1", "1"), ("2", "1", "1"), ("2", "2", "1"), ("1", "1", "2"), ("2", "1", "2"), ("2", "2", "2"),
+    ]
+    assert all(float(r[3]) > 0 for r in rows)

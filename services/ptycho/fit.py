@@ -1,0 +1,290 @@
+"""Maximum-likelihood mixed-object multislice ptychography by gradient descent (torch, CPU).
+
+The object states ``O_{n,s} = exp(μ_{n,s} + i φ_{n,s})`` (log-amplitude and phase per
+state and slice), the probe modes and, optionally, the scan positions and the state
+weights are fitted by Adam on minibatches of scan positions to the measured intensities
+under a Poisson likelihood (the deviance ``2 Σ [d log(d/I) − (d − I)]``, Thibault &
+Guizar-Sicairos, New J. Phys. 14, 063004 (2012) eq. 11) or the amplitude loss
+``Σ (√I − √d)²`` (Gaussian noise on amplitudes, ibid. eq. 14); gradients by autograd
+(as ptyrad, Lee et al. (2025)). Losses are reported per detector pixel.
+
+Two stages (Gladyshev et al. (2025)): a single object state with ``n_modes`` probe modes
+first (the probe modes absorb partial spatial coherence), then ``n_states`` object states,
+each initialised from the first stage's object with a small random phase perturbation
+(identical states would receive identical gradients and never separate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .geometry import fresnel_propagator, object_grid
+from .model import far_field_intensity, gather_patches
+from .probe import aperture_probe, orthogonalize_modes, probe_modes
+from .result import PtychoData, ReconstructionResult
+
+ALGORITHM = "mixed-object multislice ML ptychography (Adam, torch autograd; Gladyshev et al. 2025)"
+
+Progress = Callable[[int, float], None]
+
+
+def _loss(model: torch.Tensor, data: torch.Tensor, kind: str) -> torch.Tensor:
+    eps = 1e-6
+    if kind == "poisson":
+        model = model + eps
+        term = model - data
+        pos = data > 0
+        term = term + torch.where(pos, data * torch.log(torch.where(pos, data, 1.0) / model), 0.0)
+        return 2 * term.sum()
+    return ((torch.sqrt(model + eps) - torch.sqrt(data)) ** 2).sum()
+
+
+def reconstruct(
+    data: PtychoData,
+    *,
+    n_slices: int = 1,
+    slice_thickness_A: float = 1.0,
+    n_states: int = 1,
+    n_modes: int = 1,
+    iterations: int = 50,
+    first_stage_iterations: int | None = None,
+    loss: Literal["poisson", "amplitude"] = "poisson",
+    batch_size: int = 32,
+    lr: float = 0.02,
+    probe_lr: float = 0.01,
+    position_correction: bool = False,
+    position_lr: float = 0.02,
+    learn_state_weights: bool = False,
+    fixed_amplitude: bool = False,
+    state_perturbation_rad: float = 0.1,
+    state_perturbation_px: float = 1.5,
+    mode_power_fraction: float = 0.1,
+    margin_px: int = 4,
+    progress: Progress | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> ReconstructionResult:
+    """Fit object states, probe modes (and positions) to 4D-STEM intensities.
+
+    Parameters
+    ----------
+    data : PtychoData
+        Patterns (P, Q, Q) counts, scan positions (P, 2) Å and the probe parameters; the
+        object pixel is λ / (Q Δα) (:mod:`~speckleflow.services.ptycho.geometry`).
+    n_slices : int
+        Object slices S.
+    slice_thickness_A : float
+        Slice spacing, Å (Fresnel propagation between slices).
+    n_states : int
+        Incoherent object states N; > 1 runs the two-stage schedule.
+    n_modes : int
+        Incoherent probe modes M.
+    iterations : int
+        Passes over all scan positions, both stages together.
+    first_stage_iterations : int or None
+        Passes of the single-state stage when ``n_states`` > 1 (default half).
+    loss : {"poisson", "amplitude"}
+        Likelihood (see module docstring).
+    batch_size : int
+        Scan positions per gradient step.
+    lr, probe_lr, position_lr : float
+        Adam step sizes: object phase/log-amplitude (rad), probe (relative to the initial
+        probe's peak amplitude), positions (pixels).
+    position_correction : bool
+        Also refine the scan positions (after the first quarter of the passes).
+    learn_state_weights : bool
+        Fit the state weights (softmax of logits); else equal weights.
+    fixed_amplitude : bool
+        Pure phase objects (|O| = 1).
+    state_perturbation_rad : float
+        Standard deviation of the random phase added to each state at the second stage.
+    state_perturbation_px : float
+        Correlation length (Gaussian σ, pixels) of that random phase: smooth
+        perturbations, like displaced atoms, separate the states faster than white noise.
+    mode_power_fraction : float
+        Initial power of the probe modes beyond the first (:func:`probe_modes`).
+    margin_px : int
+        Spare object pixels around the scanned windows.
+    progress : callable or None
+        ``progress(iteration, loss)`` after every pass (iteration counts from 1).
+    seed : int
+        Seeds the perturbations and the minibatch order: equal seeds, equal results.
+    threads : int or None
+        torch intra-op threads during the fit (restored afterwards); None keeps the current.
+
+    Returns
+    -------
+    ReconstructionResult
+
+    Raises
+    ------
+    ValueError
+        For inconsistent data or a parameter out of range (named in the message).
+    """
+    data.validate()
+    checks = {"n_slices": n_slices, "n_states": n_states, "n_modes": n_modes,
+              "iterations": iterations, "batch_size": batch_size}
+    for name, value in checks.items():
+        if not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if loss not in ("poisson", "amplitude"):
+        raise ValueError(f"loss must be 'poisson' or 'amplitude', got {loss!r}")
+    if n_slices > 1 and not slice_thickness_A > 0:
+        raise ValueError(f"slice_thickness_A must be > 0, got {slice_thickness_A!r}")
+    for name, value in {"lr": lr, "probe_lr": probe_lr, "position_lr": position_lr}.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if n_states > 1:
+        first = iterations // 2 if first_stage_iterations is None else int(first_stage_iterations)
+        if not 0 <= first < iterations:
+            raise ValueError(f"first_stage_iterations must be in [0, {iterations}), got {first_stage_iterations!r}")
+    else:
+        first = iterations
+    if state_perturbation_rad < 0 or state_perturbation_px < 0:
+        raise ValueError(f"state perturbation must be >= 0, got {state_perturbation_rad!r} rad, "
+                         f"{state_perturbation_px!r} px")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _fit(data, n_slices, float(slice_thickness_A), n_states, n_modes, iterations, first,
+                    loss, batch_size, lr, probe_lr, position_correction, position_lr,
+                    learn_state_weights, fixed_amplitude, state_perturbation_rad, state_perturbation_px,
+                    mode_power_fraction, margin_px, progress, seed)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_size, lr, probe_lr,
+         position_correction, position_lr, learn_weights, fixed_amplitude, perturbation, perturbation_px,
+         mode_power, margin_px, progress, seed) -> ReconstructionResult:
+    t_start = time.perf_counter()
+    gen = torch.Generator().manual_seed(int(seed))
+    rng = np.random.default_rng(seed)
+    patterns = torch.as_tensor(np.asarray(data.patterns, dtype=np.float32))
+    n_pos, window = patterns.shape[0], data.window
+    pixel = data.pixel_A
+    positions = np.asarray(data.positions_A, dtype=np.float64)
+    grid = object_grid(positions, pixel, window, margin_px=margin_px)
+    top_left_np, frac_np = grid.split(positions)
+    top_left = torch.as_tensor(top_left_np)
+    frac0 = torch.as_tensor(frac_np.astype(np.float32))
+    shift = torch.zeros(n_pos, 2, requires_grad=True)
+    propagator = (torch.as_tensor(fresnel_propagator(window, pixel, data.wavelength_A, dz))
+                  if n_slices > 1 else None)
+
+    mean_counts = float(patterns.sum(dim=(1, 2)).mean())
+    probe0 = aperture_probe((window, window), data.energy_eV, data.semiangle_mrad,
+                            data.angular_sampling_mrad, defocus_A=data.defocus_A, Cs_A=data.Cs_A,
+                            total_intensity=mean_counts)
+    modes0 = probe_modes(probe0, n_modes, power_fraction=mode_power if n_modes > 1 else 0.0)
+    scale = float(np.abs(probe0).max())
+    probe_param = torch.view_as_real(torch.as_tensor(modes0 / scale)).clone().requires_grad_(True)
+
+    h, w = grid.shape
+    phase = torch.zeros(1, n_slices, h, w, requires_grad=True)
+    log_amp = torch.zeros(1, n_slices, h, w, requires_grad=not fixed_amplitude)
+    logits = torch.zeros(1, requires_grad=False)
+
+    losses: list[float] = []
+    # torch.optim's first use imports torch._dynamo (seconds); count it as setup, not fitting
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+    def run_stage(n_iter: int, logits: torch.Tensor) -> None:
+        params = [{"params": [phase], "lr": lr}, {"params": [probe_param], "lr": probe_lr}]
+        if not fixed_amplitude:
+            params.append({"params": [log_amp], "lr": lr})
+        if learn_weights and logits.shape[0] > 1:
+            params.append({"params": [logits], "lr": 0.05})
+        pos_group = None
+        if position_correction:
+            pos_group = {"params": [shift], "lr": 0.0}
+            params.append(pos_group)
+        opt = torch.optim.Adam(params)
+        for _ in range(n_iter):
+            it = len(losses)
+            if pos_group is not None:
+                pos_group["lr"] = position_lr if it >= iterations // 4 else 0.0
+            order = torch.randperm(n_pos, generator=gen)
+            total = 0.0
+            for b in range(0, n_pos, batch_size):
+                idx = order[b : b + batch_size]
+                opt.zero_grad(set_to_none=True)
+                tl = top_left[idx]
+                amp = torch.exp(gather_patches(log_amp, tl, window))
+                obj = torch.polar(amp, gather_patches(phase, tl, window))
+                probe = torch.view_as_complex(probe_param) * scale
+                weights = torch.softmax(logits, dim=0)
+                model = far_field_intensity(obj, probe, frac0[idx] + shift[idx], propagator, weights)
+                value = _loss(model, patterns[idx], loss)
+                value.backward()
+                opt.step()
+                total += float(value.detach())
+            losses.append(total / (n_pos * window * window))
+            if progress is not None:
+                progress(len(losses), losses[-1])
+
+    t0 = time.perf_counter()
+    run_stage(first, logits)
+    t_stage1 = time.perf_counter() - t0
+    if n_states > 1:
+        with torch.no_grad():
+            noise = ndimage.gaussian_filter(rng.normal(size=(n_states, n_slices, h, w)),
+                                            (0, 0, perturbation_px, perturbation_px))
+            noise *= perturbation / max(float(noise.std()), 1e-12)
+            noise = torch.as_tensor(noise.astype(np.float32))
+            noise[0] = 0
+            new_phase = phase.detach().repeat(n_states, 1, 1, 1) + noise
+            new_amp = log_amp.detach().repeat(n_states, 1, 1, 1)
+        phase = new_phase.requires_grad_(True)
+        log_amp = new_amp.requires_grad_(not fixed_amplitude)
+        logits = torch.zeros(n_states, requires_grad=learn_weights)
+        run_stage(iterations - first, logits)
+    t_total = time.perf_counter() - t0
+
+    with torch.no_grad():
+        obj = torch.polar(torch.exp(log_amp), phase).numpy().astype(np.complex64)
+        probe = (torch.view_as_complex(probe_param) * scale).numpy()
+        weights = torch.softmax(logits if n_states > 1 else torch.zeros(1), dim=0).numpy().astype(np.float64)
+        refined = positions + shift.detach().numpy().astype(np.float64) * pixel
+    params = {
+        "algorithm": ALGORITHM,
+        "n_slices": n_slices, "slice_thickness_A": dz, "n_states": n_states, "n_modes": n_modes,
+        "iterations": iterations, "first_stage_iterations": first, "loss": loss,
+        "batch_size": batch_size, "lr": lr, "probe_lr": probe_lr,
+        "position_correction": bool(position_correction), "position_lr": position_lr,
+        "learn_state_weights": bool(learn_weights), "fixed_amplitude": bool(fixed_amplitude),
+        "state_perturbation_rad": perturbation, "state_perturbation_px": perturbation_px,
+        "mode_power_fraction": mode_power,
+        "margin_px": margin_px, "seed": int(seed), "threads": torch.get_num_threads(),
+        "energy_eV": float(data.energy_eV), "semiangle_mrad": float(data.semiangle_mrad),
+        "angular_sampling_mrad": float(data.angular_sampling_mrad),
+        "defocus_A": float(data.defocus_A), "Cs_A": float(data.Cs_A),
+        "wavelength_A": data.wavelength_A, "pixel_size_A": pixel,
+        "object_shape": [int(h), int(w)], "window": window, "n_positions": int(n_pos),
+        "torch_version": torch.__version__,
+        "seconds_stage1": t_stage1, "seconds_total": t_total,
+        "seconds_per_iteration": t_total / max(iterations, 1),
+        "seconds_setup": t0 - t_start,
+    }
+    return ReconstructionResult(
+        object=obj,
+        object_phase=np.angle(obj).astype(np.float32),
+        pixel_size_A=pixel,
+        slice_thickness_A=dz,
+        object_origin_A=grid.origin_A,
+        probe=orthogonalize_modes(probe),
+        loss=np.asarray(losses, dtype=np.float64),
+        positions_A=refined,
+        state_weights=weights,
+        params=params,
+    )

@@ -1,0 +1,139 @@
+"""The forward model of mixed-object, mixed-probe multislice ptychography (torch).
+
+For scan position ``j`` with probe window top-left ``t_j`` and sub-pixel shift ``δ_j``:
+
+* shifted probe modes ``P_m^j = F⁻¹[F[P_m] · exp(−2πi k·δ_j)]``;
+* multislice through object state ``n``:
+  ``ψ ← ψ · O_{n,s}[t_j + window]``, then ``ψ ← F⁻¹[F[ψ] · p(k)]`` between slices, with the
+  Fresnel propagator ``p`` over the slice thickness (Kirkland (2020) §6.4, eq. 6.65);
+* far field ``|F[ψ]|²`` (unitary FFT, zero frequency at pixel ``(Q//2, Q//2)``) summed
+  incoherently over probe modes and over object states with weights ``w_n`` (Σ w = 1):
+  ``I_j = Σ_n w_n Σ_m |F[ψ_{n,m}^j]|²`` (mixed states: Thibault & Menzel, Nature 494, 68
+  (2013); mixed object for thermal diffuse scattering: Gladyshev et al. (2025)).
+
+Torch is imported here only; ``speckleflow.services.ptycho`` imports without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def shift_ramps(fraction: torch.Tensor, window: int) -> torch.Tensor:
+    """Phase ramps (B, Q, Q) complex64 that shift a window by ``fraction`` (B, 2) pixels."""
+    k = torch.fft.fftfreq(window, dtype=fraction.dtype)
+    phase = fraction[:, 0, None, None] * k[None, :, None] + fraction[:, 1, None, None] * k[None, None, :]
+    return torch.polar(torch.ones_like(phase), -2 * torch.pi * phase)
+
+
+def gather_patches(a: torch.Tensor, top_left: torch.Tensor, window: int) -> torch.Tensor:
+    """Windows of ``a`` (..., H, W) at ``top_left`` (B, 2) int64 → (B, ..., Q, Q)."""
+    ar = torch.arange(window)
+    iy = top_left[:, 0, None, None] + ar[None, :, None]
+    ix = top_left[:, 1, None, None] + ar[None, None, :]
+    out = a[..., iy, ix]  # (..., B, Q, Q)
+    return out.movedim(-3, 0)
+
+
+def far_field_intensity(
+    obj: torch.Tensor,
+    probe: torch.Tensor,
+    fraction: torch.Tensor,
+    propagator: torch.Tensor | None,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """Diffraction intensities of a batch of scan positions.
+
+    Parameters
+    ----------
+    obj : Tensor, shape (B, N, S, Q, Q), complex64
+        Object patches (transmission functions) of N states and S slices under each window
+        (see :func:`gather_patches`).
+    probe : Tensor, shape (M, Q, Q), complex64
+        Probe modes (unshifted, centred at window pixel (Q//2, Q//2)).
+    fraction : Tensor, shape (B, 2), float32
+        Sub-pixel probe shifts, pixels.
+    propagator : Tensor, shape (Q, Q), complex64, or None
+        Fresnel propagator between slices (None: S must be 1).
+    weights : Tensor, shape (N,), float32
+        State weights, Σ = 1.
+
+    Returns
+    -------
+    Tensor, shape (B, Q, Q), float32
+        Intensities, zero frequency at (Q//2, Q//2); ``Σ_pixels I = Σ_m Σ|P_m|²`` for a
+        unit-modulus object (Parseval).
+    """
+    window = probe.shape[-1]
+    shifted = torch.fft.ifft2(torch.fft.fft2(probe)[None] * shift_ramps(fraction, window)[:, None])
+    psi = shifted[:, None]  # (B, 1, M, Q, Q)
+    n_slices = obj.shape[2]
+    for s in range(n_slices):
+        psi = psi * obj[:, :, s, None]  # (B, N, M, Q, Q)
+        if s < n_slices - 1:
+            if propagator is None:
+                raise ValueError("a multislice object needs a propagator")
+            psi = torch.fft.ifft2(torch.fft.fft2(psi) * propagator)
+    far = torch.fft.fft2(psi, norm="ortho")
+    intensity = (far.real**2 + far.imag**2).sum(dim=2)  # (B, N, Q, Q)
+    intensity = (intensity * weights[None, :, None, None]).sum(dim=1)
+    return torch.fft.fftshift(intensity, dim=(-2, -1))
+
+
+def simulate(
+    obj: np.ndarray,
+    probe: np.ndarray,
+    top_left: np.ndarray,
+    fraction: np.ndarray,
+    *,
+    propagator: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Diffraction patterns of a whole scan (numpy in, numpy out; no gradients).
+
+    Parameters
+    ----------
+    obj : ndarray, shape (N, S, H, W), complex
+        Transmission functions of N object states and S slices.
+    probe : ndarray, shape (M, Q, Q), complex
+        Probe modes.
+    top_left, fraction : ndarray, shape (P, 2)
+        From :meth:`ObjectGrid.split` (int64 pixels, float pixels).
+    propagator : ndarray, shape (Q, Q), complex, or None
+        Fresnel propagator between slices.
+    weights : ndarray, shape (N,), or None
+        State weights (default equal); normalised to Σ = 1.
+
+    Returns
+    -------
+    ndarray, shape (P, Q, Q), float32
+        Intensities.
+
+    Raises
+    ------
+    ValueError
+        For inconsistent shapes.
+    """
+    obj = np.asarray(obj)
+    probe = np.asarray(probe)
+    if obj.ndim != 4 or probe.ndim != 3 or probe.shape[1] != probe.shape[2]:
+        raise ValueError(f"obj must be (N, S, H, W) and probe (M, Q, Q); got {obj.shape}, {probe.shape}")
+    n = obj.shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be ({n},) non-negative, got {weights!r}")
+    w = w / w.sum()
+    t_obj = torch.as_tensor(obj.astype(np.complex64))
+    t_probe = torch.as_tensor(probe.astype(np.complex64))
+    t_prop = None if propagator is None else torch.as_tensor(np.asarray(propagator, np.complex64))
+    t_w = torch.as_tensor(w.astype(np.float32))
+    tl = torch.as_tensor(np.asarray(top_left, dtype=np.int64))
+    fr = torch.as_tensor(np.asarray(fraction, dtype=np.float32))
+    out = []
+    with torch.no_grad():
+        for i in range(0, tl.shape[0], batch_size):
+            patches = gather_patches(t_obj, tl[i : i + batch_size], probe.shape[-1])
+            out.append(far_field_intensity(patches, t_probe, fr[i : i + batch_size], t_prop, t_w).numpy())
+    return np.concatenate(out).astype(np.float32)
