@@ -451,7 +451,7 @@ class MultiTauCorrelator:
         n_new = np.array(after, dtype=np.int64) - n_before
         state = (self._hist, self._head, self._sum, self._G)
         if X.dtype == np.uint16:
-            _kernels.process_block_u16(
+            block_max = _kernels.process_block_u16(
                 X, c_seen, n_before, n_new, self.n_buffers, self._col0(L), *state,
                 TILE_PIXELS, CHUNK_ROWS,
             )  # fmt: skip
@@ -460,9 +460,9 @@ class MultiTauCorrelator:
                 X, integer, c_seen, n_before, n_new, self.n_buffers, self._col0(L), *state,
                 TILE_PIXELS,
             )  # fmt: skip
+            block_max = float(X.max()) if X.size else 0.0
         self._counts = after
-        if X.size:
-            self._max_value = max(self._max_value, float(X.max()))
+        self._max_value = max(self._max_value, float(block_max))
 
     # ------------------------------------------------------------------ results
 
