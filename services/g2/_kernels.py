@@ -274,18 +274,18 @@ U16_F32_LEVELS = 9
 def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
     """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[level, tile] += rows.
 
-    Returns the bitwise OR of the values (an upper bound of their maximum).
+    Returns the largest value (a uint16 max reduction, vectorised as vpmaxuw).
     """
-    bits = 0
+    mx = np.uint16(0)
     for k in range(n):
         for q in range(w):
             v = X[t0 + k, np.uint64(p0 + q)]
             E[row0 + k, q] = v
-            bits |= np.int64(v)
+            mx = max(mx, v)
     for k in range(n):
         for q in range(w):
             S[level, np.uint64(p0 + q)] += E[row0 + k, q]
-    return bits
+    return np.int64(mx)
 
 
 @njit(**_JIT)
@@ -336,6 +336,11 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     products otherwise — exact either way.
 
     Parameters as :func:`process_block`, plus ``chunk`` (rows correlated together).
+
+    Returns
+    -------
+    float — the largest value of X (0 for an empty block), so that the caller needs no
+    second pass over the frames.
     """
     B, P = X.shape
     h = n_buffers - 1
@@ -353,6 +358,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     cnt = np.zeros(L, dtype=np.int64)  # pending new rows per level
     done = np.zeros(L, dtype=np.int64)  # level frames correlated so far (global)
     bound = np.zeros(L, dtype=np.float64)  # worst-case float32 partial sum per level
+    block_max = 0.0
     for p0 in range(0, P, w_max):
         w = min(P, p0 + w_max) - p0
         vmax = c_seen
@@ -364,10 +370,11 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
             if lev == 0 or n_new[lev] > 0:
                 active = lev + 1
             for k in range(h):
-                for q in range(w):
-                    if lev < L32:
+                if lev < L32:
+                    for q in range(w):
                         E32[lev, k, q] = hist[lev, k, np.uint64(p0 + q)]
-                    else:
+                else:
+                    for q in range(w):
                         E64[lev - L32, k, q] = hist[lev, k, np.uint64(p0 + q)]
             for i in range(n_buffers):
                 for q in range(w):
@@ -377,8 +384,9 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
         while True:
             if t < B:
                 n = min(chunk, B - t)
-                bits = _load_rows_u16(E32[0], h, X, t, n, p0, w, S, 0)
-                vmax = max(vmax, np.float64(bits))
+                top = np.float64(_load_rows_u16(E32[0], h, X, t, n, p0, w, S, 0))
+                vmax = max(vmax, top)
+                block_max = max(block_max, top)
                 cnt[0] = n
                 t += n
             final = t >= B
@@ -436,8 +444,10 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                         np.float64(A32[lev, i, q]) + A64[lev, i, q]
                     )
             for k in range(h):
-                for q in range(w):
-                    if lev < L32:
+                if lev < L32:
+                    for q in range(w):
                         hist[lev, k, np.uint64(p0 + q)] = E32[lev, k, q]
-                    else:
+                else:
+                    for q in range(w):
                         hist[lev, k, np.uint64(p0 + q)] = E64[lev - L32, k, q]
+    return block_max

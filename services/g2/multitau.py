@@ -64,6 +64,8 @@ MAX_BLOCK = 512
 MAX_BLOCK_U16 = 1024
 #: Rows of a level correlated together in the uint16 streaming kernel.
 CHUNK_ROWS = 64
+#: Spare levels allocated when the state grows (one re-allocation per 16× more frames).
+LEVEL_HEADROOM = 4
 
 _INT_KINDS = "iub"
 
@@ -395,17 +397,37 @@ class MultiTauCorrelator:
             self._fold(np.ascontiguousarray(batch[start : start + step]), integer)
 
     def _grow(self, n_levels: int) -> None:
-        """Make room for ``n_levels`` levels in the state arrays."""
+        """Make room for ``n_levels`` levels in the state arrays (and a few more).
+
+        The state is re-allocated with ``LEVEL_HEADROOM`` spare levels (or up to
+        ``n_levels`` when the correlator has a level limit), so the copy happens once per
+        16-fold growth of the stream instead of at every doubling; the spare levels are
+        zero pages that cost no memory until the kernel writes them.
+        """
+        if n_levels <= self._sum.shape[0]:
+            return
+        cap = n_levels + LEVEL_HEADROOM
+        if self.n_levels is not None:
+            cap = max(n_levels, min(cap, self.n_levels))
+        self._reserve(cap)
+
+    def _reserve(self, cap: int) -> None:
+        """Re-allocate the state for exactly ``cap`` levels (no-op if it has as many)."""
         have = self._sum.shape[0]
-        if n_levels <= have:
+        if cap <= have:
             return
         h = self.n_buffers - 1
-        extra = n_levels - have
         P = self.n_pixels
-        self._hist = np.concatenate([self._hist, np.zeros((extra, h, P))])
-        self._head = np.concatenate([self._head, np.zeros((extra, h, P))])
-        self._sum = np.concatenate([self._sum, np.zeros((extra, P))])
-        self._G = np.concatenate([self._G, np.zeros((self._n_cols(n_levels) - len(self._G), P))])
+
+        def grown(old: np.ndarray, rows: int) -> np.ndarray:
+            new = np.zeros((rows, *old.shape[1:]), dtype=old.dtype)
+            new[: old.shape[0]] = old
+            return new
+
+        self._hist = grown(self._hist.reshape(have, h, P), cap)
+        self._head = grown(self._head.reshape(have, h, P), cap)
+        self._sum = grown(self._sum.reshape(have, P), cap)
+        self._G = grown(self._G.reshape(-1, P), self._n_cols(cap))
 
     def _n_cols(self, n_levels: int) -> int:
         return self.n_buffers + (n_levels - 1) * (self.n_buffers // 2) if n_levels else 0
@@ -429,7 +451,7 @@ class MultiTauCorrelator:
         n_new = np.array(after, dtype=np.int64) - n_before
         state = (self._hist, self._head, self._sum, self._G)
         if X.dtype == np.uint16:
-            _kernels.process_block_u16(
+            block_max = _kernels.process_block_u16(
                 X, c_seen, n_before, n_new, self.n_buffers, self._col0(L), *state,
                 TILE_PIXELS, CHUNK_ROWS,
             )  # fmt: skip
@@ -438,9 +460,9 @@ class MultiTauCorrelator:
                 X, integer, c_seen, n_before, n_new, self.n_buffers, self._col0(L), *state,
                 TILE_PIXELS,
             )  # fmt: skip
+            block_max = float(X.max()) if X.size else 0.0
         self._counts = after
-        if X.size:
-            self._max_value = max(self._max_value, float(X.max()))
+        self._max_value = max(self._max_value, float(block_max))
 
     # ------------------------------------------------------------------ results
 
@@ -571,6 +593,9 @@ class MultiTauCorrelator:
             min_block=self.min_block,
         )
         merged._counts = list(self._counts)
+        levels = max(self._sum.shape[0], other._sum.shape[0])  # capacities may differ
+        self._reserve(levels)
+        other._reserve(levels)
         merged._hist = np.concatenate([self._hist, other._hist], axis=-1)
         merged._head = np.concatenate([self._head, other._head], axis=-1)
         merged._sum = np.concatenate([self._sum, other._sum], axis=-1)

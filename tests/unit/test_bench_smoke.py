@@ -176,6 +176,8 @@ def test_g2_benchmark_quick_prints_a_table() -> None:
         assert column in header
     ours = next(line for line in lines if line.startswith("ours n_buffers=16"))
     assert "exact" in ours
+    # the g2 worker's own per-frame cost is measured next to the correlators
+    assert any(line.startswith("g2 worker core, batch 64") for line in lines)
     numpy_row = next(line for line in lines if line.startswith("numpy batched"))
     assert float(numpy_row.split()[-1]) < 1e-9  # the baseline agrees with ours
     assert any(line.startswith("goals:") for line in lines)

@@ -163,6 +163,21 @@ def test_merge_of_disjoint_pixel_sets_equals_one_correlator():
     assert merged.n_frames == 910
 
 
+def test_merge_of_correlators_fed_in_different_batches():
+    # the state is allocated with spare levels when it grows, so two correlators of the
+    # same stream can hold different capacities (here 9 and 10 levels); merge pads them
+    rng = np.random.default_rng(6)
+    frames = counts(rng, 300, 30)
+    a = MultiTauCorrelator(10, min_block=1)
+    b = MultiTauCorrelator(20, min_block=1)
+    a.process(frames[:16, :10])
+    a.process(frames[16:32, :10])
+    b.process(frames[:32, 10:])
+    merged = a.merge(b)
+    merged.process(frames[32:])
+    np.testing.assert_array_equal(merged.g2()[1], multi_tau_g2(frames)[1])
+
+
 def test_merge_refuses_different_frame_counts():
     a, b = MultiTauCorrelator(4), MultiTauCorrelator(4)
     a.process(np.ones((10, 4), np.uint16))
