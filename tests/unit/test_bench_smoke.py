@@ -182,3 +182,32 @@ def test_g2_benchmark_quick_prints_a_table() -> None:
     # correlators that are not installed are named, not silently dropped
     for name in ("scikit-beam", "boost_corr"):
         assert any(name in line for line in lines), name
+
+
+PROCESS_ECM_BENCH = BENCH.parent / "bench_process_ecm.py"
+
+
+@pytest.mark.timeout(120)
+def test_process_ecm_benchmark_quick_prints_a_table() -> None:
+    # Starts its own Tiled server and records a 6×6 × 12 run: a few tens of seconds.
+    completed = subprocess.run(
+        [sys.executable, str(PROCESS_ECM_BENCH), "--quick", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("reader"))
+    for column in ("read s", "requests", "read ratio", "run_ecm s", "run_ecm ratio"):
+        assert column in header
+    for reader in ("numpy (in memory)", "tiled per-repeat (old)", "tiled merged", "hdf5 direct"):
+        assert any(line.startswith(reader) for line in lines), reader
+    col = header.index("requests")
+
+    def requests(reader: str) -> int:
+        line = next(line for line in lines if line.startswith(reader))
+        return int(line[col:].split()[0])
+
+    assert requests("tiled merged") < requests("tiled per-repeat (old)")
