@@ -75,7 +75,7 @@ def test_hdf5_and_tiled_readers_give_the_file_frames(stored_run):
     np.testing.assert_array_equal(auto.read(5, 90), truth[5:90])
 
     frame = int(np.prod(DETECTOR)) * 2
-    tiled = open_frames(node, "tiled", max_request_bytes=100 * frame, max_gap_bytes=30 * frame)
+    tiled = open_frames(node, "tiled", max_request_bytes=100 * frame, max_gap_frames=30)
     assert isinstance(tiled, TiledFrames)
     # A g2 block of 2 rows: every repeat's 12 frames, 24 frames apart.
     ranges = [(r * N * N + 2 * N, r * N * N + 4 * N) for r in range(REPEATS)]
@@ -133,13 +133,17 @@ def _dask(*args: str, log, name: str):
 
 def test_process_ecm_on_a_dask_scheduler_and_worker_matches_in_process(stored_run, tmp_path):
     from dask.distributed import Client
-    from speckleflow.services.ecm.pipeline import ECMOptions
-    from speckleflow.services.process_ecm import ECMProcessOptions, process_ecm
+    from speckleflow.services.ecm.geometry import DetectorGeometry
+    from speckleflow.services.ecm.pipeline import ECMOptions, run_ecm
+    from speckleflow.services.process_ecm import ECMProcessOptions, index_stored_run, process_ecm
     from speckleflow.services.processes import free_tcp_port
+    from speckleflow.services.raw_runs import open_run
+    from speckleflow.services.run_frames import HDF5Frames
 
     client, uid = stored_run
     port = free_tcp_port()
     address = f"tcp://127.0.0.1:{port}"
+    ecm = ECMOptions(n_r=1, n_phi=4, rows_per_block=2, scheduler=address)
     scheduler = _dask("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
                       "--no-dashboard", log=tmp_path / "scheduler.log", name="dask-scheduler")
     worker = None
@@ -151,22 +155,26 @@ def test_process_ecm_on_a_dask_scheduler_and_worker_matches_in_process(stored_ru
             probe.wait_for_workers(1, timeout=60)
             (pid,) = probe.run(os.getpid).values()
             assert pid != os.getpid()  # the tasks run in the worker process
-
-        def options(scheduler: str | None, source: str) -> ECMProcessOptions:
-            return ECMProcessOptions(source=source, ecm=ECMOptions(n_r=1, n_phi=4, rows_per_block=2,
-                                                                    scheduler=scheduler))
-
+        # Tiled as the source: the pickled TiledFrames reconnects in the worker.
         with pytest.warns(UserWarning, match="wider than the probe"):
-            remote = process_ecm(client, uid, options(address, "tiled")).result
-        with pytest.warns(UserWarning, match="wider than the probe"):
-            local = process_ecm(client, uid, options(None, "auto")).result
+            remote = process_ecm(client, uid, ECMProcessOptions(source="tiled", ecm=ecm)).result
     finally:
         if worker is not None:
             worker.stop()
         scheduler.stop()
+
+    # The same products in this process, from the camera's file, without Dask.
+    stored = index_stored_run(open_run(client, uid), source="auto")
+    assert isinstance(stored.frames, HDF5Frames) and stored.frames.direct
+    geometry = DetectorGeometry.from_mapping(stored.geometry)
+    ecm.scheduler = None
+    with pytest.warns(UserWarning, match="wider than the probe"):
+        local = run_ecm(stored.frames, geometry, stored.scan, ecm, ix=stored.ix, iy=stored.iy,
+                        repeat=stored.repeat)
     assert np.isfinite(local.tau).any()
     for name in ("tau", "beta", "contrast", "flags", "g2_ensemble", "two_time", "adf"):
         np.testing.assert_array_equal(getattr(remote, name), getattr(local, name), err_msg=name)
     node = client["analysis"][uid]["ecm"]
     np.testing.assert_array_equal(node["tau"].read(), local.tau)
-    assert node["tau"].metadata["parameters"]["source"] == "auto"
+    assert node["tau"].metadata["parameters"]["source"] == "tiled"
+    assert node["tau"].metadata["parameters"]["scheduler"] == address
