@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--detector", type=int, nargs=2, default=(128, 256), metavar=("ROWS", "COLS"))
     parser.add_argument("--rows-per-block", type=int, default=4)
-    parser.add_argument("--quick", action="store_true", help="6×6 × 12 repeats on 48×48 pixels")
+    parser.add_argument("--quick", action="store_true", help="4×4 × 8 repeats on 48×48 pixels")
     parser.add_argument("--plain", action="store_true", help="plain-text table")
     args = parser.parse_args(argv)
     if args.quick:
-        args.scan, args.repeats, args.detector, args.rows_per_block = 6, 12, (48, 48), 2
+        args.scan, args.repeats, args.detector, args.rows_per_block = 4, 8, (48, 48), 2
 
     from speckleflow.services.ecm.geometry import DetectorGeometry
     from speckleflow.services.ecm.pipeline import ArrayFrames, ECMOptions, raster_table, run_ecm
