@@ -1,6 +1,7 @@
 """``speckleflow process ecm <run uid>``: full k-resolved ECM of a 5D-STEM run stored in Tiled.
 
-Reads ``raw/<uid>`` lazily — the camera's frames a range at a time through Tiled, the
+Reads ``raw/<uid>`` lazily — the camera's frames a range at a time from its HDF5 file
+when reachable, else through Tiled in merged, bounded requests (:mod:`.run_frames`), the
 scan position and repeat of every frame from the ``primary`` columns, the geometry and
 frame rate from the camera's configuration, the repeat period from the start document —
 runs :func:`speckleflow.services.ecm.pipeline.run_ecm` and publishes under
@@ -37,6 +38,10 @@ import numpy as np
 
 from .layout import analysis_container, ensure_layout, provenance
 from .raw_runs import RunContentError, json_config, open_run, read_column, stream_configuration
+from .run_frames import SOURCES, HDF5Frames, TiledFrames, open_frames
+
+__all__ = ["ECMProcessOptions", "ECMProcessResult", "HDF5Frames", "StoredECMRun", "TiledFrames",
+           "index_stored_run", "process_ecm", "steps"]
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -46,26 +51,6 @@ def steps() -> tuple[str, ...]:
     from .ecm.pipeline import steps as pipeline_steps
 
     return ("reading", *pipeline_steps(), "publishing")
-
-
-class TiledFrames:
-    """:class:`~speckleflow.services.ecm.pipeline.FrameReader` over a Tiled array node.
-
-    Reads ``frames[start:stop]`` per request, so only what a task needs crosses the wire.
-    """
-
-    def __init__(self, node: Any) -> None:
-        if len(node.shape) != 3:
-            raise RunContentError(f"frames have shape {node.shape}, expected (frames, det_ny, det_nx)")
-        self.node = node
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        s = self.node.shape
-        return int(s[0]), int(s[1]), int(s[2])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.node[int(start) : int(stop)])
 
 
 @dataclass
@@ -78,10 +63,15 @@ class ECMProcessOptions:
         ophyd name of the camera in the run (data keys ``<detector>_image``, …).
     ecm : ECMOptions
         The pipeline's parameters (bins, registration, blocks, scheduler).
+    source : {"auto", "hdf5", "tiled"}
+        Where the frames are read: the camera's HDF5 file directly (its path from the
+        run's StreamResource), Tiled over HTTP, or ``"auto"``: the file where it is
+        reachable (on every Dask worker), Tiled elsewhere (:func:`.run_frames.open_frames`).
     """
 
     detector: str = "celeritas"
     ecm: Any = None
+    source: str = "auto"
 
     def __post_init__(self) -> None:
         if self.ecm is None:
@@ -92,10 +82,12 @@ class ECMProcessOptions:
     def validate(self) -> None:
         if not self.detector:
             raise ValueError("--detector must name the camera")
+        if self.source not in SOURCES:
+            raise ValueError(f"--source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         self.ecm.validate()
 
     def parameters(self) -> dict[str, Any]:
-        return {"detector": self.detector, **self.ecm.parameters()}
+        return {"detector": self.detector, "source": self.source, **self.ecm.parameters()}
 
 
 @dataclass
@@ -109,12 +101,14 @@ class StoredECMRun:
     ix: np.ndarray
     iy: np.ndarray
     repeat: np.ndarray
-    frames: TiledFrames
+    frames: HDF5Frames | TiledFrames
     start: dict[str, Any] = field(default_factory=dict)
 
 
-def index_stored_run(run: Any, detector: str = "celeritas") -> StoredECMRun:
+def index_stored_run(run: Any, detector: str = "celeritas", source: str = "auto") -> StoredECMRun:
     """Geometry, raster, repeat period and per-frame positions of a stored ECM run.
+
+    ``source`` chooses the frame reader (:func:`.run_frames.open_frames`).
 
     The repeat period is the start document's ``time_sampling_s`` (N_x·N_y/f plus
     flyback, written by the ``ecm_5d`` plan); without it, N_x·N_y/f from the camera's
@@ -149,7 +143,7 @@ def index_stored_run(run: Any, detector: str = "celeritas") -> StoredECMRun:
     key = f"{detector}_image"
     if key not in run["primary"]:
         raise RunContentError(f"stream 'primary' of run {uid} has no {key!r}")
-    frames = TiledFrames(run["primary"][key])
+    frames = open_frames(run["primary"][key], source)
     if frames.shape[0] != ix.size:
         raise RunContentError(f"run {uid}: {frames.shape[0]} frames but {ix.size} scan positions")
     scan = ScanInfo(nx=nx, ny=ny, repeats=repeats, repeat_period=period,
@@ -210,7 +204,7 @@ def process_ecm(
     if progress is not None:
         progress("reading", 0, 1)
     run = open_run(client, uid)
-    stored = index_stored_run(run, opts.detector)
+    stored = index_stored_run(run, opts.detector, opts.source)
     geometry = DetectorGeometry.from_mapping(stored.geometry)
     if progress is not None:
         progress("reading", 1, 1)

@@ -132,10 +132,10 @@ def run_cci(
     console = console or Console()
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
-    from bluesky_tiled_plugins import TiledWriter
-
     from speckleflow.devices import HelicityCCD, MagneticSample
     from speckleflow.plans import cci_series
+
+    from .raw_writer import raw_run_writer
 
     data_dir = DataDirectory.create(opts.data_dir)
     session = LiveSession(
@@ -174,7 +174,7 @@ def run_cci(
         RE.subscribe(monitor)
         if on_document is not None:
             RE.subscribe(lambda name, doc: on_document(session, name, doc))
-        RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+        RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
 
         progress = Progress(
             TextColumn("{task.description}"),

@@ -165,8 +165,9 @@ def run_ecm(
     console = console or Console()
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
-    from bluesky_tiled_plugins import TiledWriter
     from speckleflow.devices import Celeritas, LiquidSample, ScanController
+
+    from .raw_writer import raw_run_writer
 
     data_dir = DataDirectory.create(opts.data_dir)
     sample = LiquidSample(
@@ -202,7 +203,7 @@ def run_ecm(
         RE = RunEngine({}, call_returns_result=False)
         RE.subscribe(session.publisher)
         RE.subscribe(monitor)
-        RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+        RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
 
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

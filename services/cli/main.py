@@ -306,6 +306,11 @@ def process_ecm_command(
         typer.Option(help="Dask: 'local' (in-process cluster), a scheduler address tcp://host:port, or 'none'."),
     ] = "local",
     detector: Annotated[str, typer.Option(help="ophyd name of the camera in the run.")] = "celeritas",
+    source: Annotated[
+        str,
+        typer.Option(help="Where frames are read: 'hdf5' (the camera's file, path from the run), 'tiled' "
+                     "(HTTP, merged requests), or 'auto' (the file where reachable, on every Dask worker)."),
+    ] = "auto",
     data_dir: DataDirOpt = Path("speckleflow-data"),
     tiled_uri: TiledUriOpt = None,
     api_key: ApiKeyOpt = None,
@@ -327,7 +332,7 @@ def process_ecm_command(
     def build() -> ECMProcessOptions:
         ecm = ECMOptions(n_r=n_r, n_phi=n_phi, register=register, rows_per_block=rows_per_block,
                          n_buffers=n_buffers, scheduler=None if scheduler == "none" else scheduler)
-        return ECMProcessOptions(detector=detector, ecm=ecm)
+        return ECMProcessOptions(detector=detector, ecm=ecm, source=source)
 
     _process_stored_run(run_uid, "ECM full processing", build, process_ecm, print_ecm_processing,
                         data_dir, tiled_uri, api_key)

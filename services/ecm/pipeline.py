@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -89,6 +89,10 @@ class FrameReader(Protocol):
     ``start … stop − 1`` as an array (k, det_ny, det_nx) of counts. The frames may live in
     an HDF5 file, in Tiled, or in memory (:class:`ArrayFrames`). With a distributed Dask
     scheduler the reader must be picklable.
+
+    A reader may also have ``read_ranges(ranges)``, yielding ``(index, frames)`` for every
+    ``(start, stop)`` of ``ranges`` in any order: a g2 block reads every repeat of its rows
+    through it, so a remote reader can fetch several repeats per request.
     """
 
     @property
@@ -402,6 +406,17 @@ def _read_rows(reader: FrameReader, rows: np.ndarray) -> np.ndarray:
     return block[flat - lo].reshape(*rows.shape, *block.shape[1:])
 
 
+def _iter_ranges(reader: FrameReader, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, frames) of every range: the reader's ``read_ranges`` (merged requests) when
+    it has one, else one ``read`` per range."""
+    read_ranges = getattr(reader, "read_ranges", None)
+    if read_ranges is not None:
+        yield from read_ranges(ranges)
+        return
+    for i, (a, b) in enumerate(ranges):
+        yield i, reader.read(a, b)
+
+
 def _adf_task(
     reader: FrameReader, weights: np.ndarray, strip: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, float, int]:
@@ -431,12 +446,12 @@ def _block_task(
     """
     R = table.shape[0]
     b, w = rows[1] - rows[0], cols[1] - cols[0]
+    idx = [table[r, rows[0] - int(shift[r, 0]) : rows[1] - int(shift[r, 0]),
+                 cols[0] - int(shift[r, 1]) : cols[1] - int(shift[r, 1])].ravel() for r in range(R)]
+    ranges = [(int(i.min()), int(i.max()) + 1) for i in idx]
     strip = None
-    for r in range(R):
-        dy, dx = int(shift[r, 0]), int(shift[r, 1])
-        idx = table[r, rows[0] - dy : rows[1] - dy, cols[0] - dx : cols[1] - dx]
-        frames = _read_rows(reader, idx)
-        part = frames.reshape(b, w, -1)[:, :, layout.pixels]
+    for r, block in _iter_ranges(reader, ranges):
+        part = np.asarray(block)[idx[r] - ranges[r][0]].reshape(b, w, -1)[:, :, layout.pixels]
         if strip is None:
             strip = np.empty((R, b, w, layout.n_strip), dtype=part.dtype)
         strip[r] = part

@@ -58,10 +58,10 @@ class QueueProfileSettings(BaseSettings):
         npz of maze states (``mz``), instead of the built-in model.
     ecm_scan_size : int
         5D-STEM: side of the simulated liquid's scan grid, probe positions (0: no ECM
-        devices). 8 by default: an ``ecm_5d`` run of 16×16 positions × 2 repeats was
-        refused by TiledWriter at its stop document (pyarrow could not convert the
-        cached rows; the JSON backup failed on an ndarray) — to be fixed in the ECM
-        device or TiledWriter before larger scans are offered here.
+        devices). 8 by default. (An ``ecm_5d`` run of 16×16 positions × 2 repeats was
+        refused by TiledWriter at its stop document: the truth stream's small 2-D drift
+        array went to the SQL table, which pyarrow refused; :mod:`..raw_writer` now
+        writes every array as an array node.)
     ecm_tau_s : float
         5D-STEM: median relaxation time τ of the simulated liquid, s.
     """
@@ -152,7 +152,6 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         If the bus publisher cannot reach the proxy.
     """
     from bluesky import RunEngine
-    from bluesky_tiled_plugins import TiledWriter
     from speckleflow.devices import (
         Celeritas,
         HelicityCCD,
@@ -160,6 +159,7 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         MagneticSample,
         ScanController,
     )
+    from speckleflow.services.raw_writer import raw_run_writer
     from tiled.client import from_uri
 
     s = settings or QueueProfileSettings()  # type: ignore[call-arg]
@@ -182,7 +182,7 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         camera = Celeritas(liquid, scan, data_dir.detector, publisher=publisher, name="celeritas")
     RE = RunEngine({})
     RE.subscribe(publisher)
-    RE.subscribe(TiledWriter(client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+    RE.subscribe(raw_run_writer(client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
     RE.md["sample"] = {
         "source": sample.states.source,
         "n_states": sample.n_states,

@@ -15,15 +15,15 @@ N, REPEATS, RATE, DETECTOR = 8, 120, 1600.0, (48, 48)
 
 def test_process_ecm_publishes_tau_g2_and_figures(tiled_server, tiled_client):
     from bluesky import RunEngine
-    from bluesky_tiled_plugins import TiledWriter
     from speckleflow.services.ecm.pipeline import ECMOptions
     from speckleflow.services.process_ecm import ECMProcessOptions, process_ecm, steps
+    from speckleflow.services.raw_writer import raw_run_writer
 
     sample = LiquidSample((N, N), detector_shape=DETECTOR, tau_median=1.0, seed=2, n_components=4)
     scan = ScanController(name="scan")
     camera = Celeritas(sample, scan, tiled_server.data_dir.detector, batch_size=512, compression="lzf")
     RE = RunEngine({})
-    RE.subscribe(TiledWriter(tiled_client["raw"], batch_size=1024))
+    RE.subscribe(raw_run_writer(tiled_client["raw"], batch_size=1024))
     (uid,) = RE(ecm_5d(camera, scan, N, N, REPEATS, RATE, expected_tau=1.0, dose=1.0, flush_period=0.5))
 
     seen: list[str] = []
