@@ -3,6 +3,7 @@
 from .adaptive import CoverageDecision, cci_until_covered, is_covered
 from .cci import cci_series, helicity_pair, one_helicity_frame
 from .ecm import AcquisitionConstraintError, ConstraintCheck, check_ecm_constraints, ecm_5d
+from .ptycho import ptycho_scan
 
 __all__ = [
     "AcquisitionConstraintError",
@@ -15,4 +16,5 @@ __all__ = [
     "helicity_pair",
     "is_covered",
     "one_helicity_frame",
+    "ptycho_scan",
 ]
