@@ -65,9 +65,9 @@ from .phonons import HarmonicLattice, Spring, einstein
 
 __all__ = [
     "CACHE_ENV",
+    "PHONON_MODELS",
     "CrystalSample",
     "CrystalSampleTruth",
-    "PHONON_MODELS",
     "SimulationParams",
     "default_cache_dir",
     "electron_wavelength_A",
@@ -581,7 +581,7 @@ class CrystalSample:
             "cell_A": self.cell.tolist(),
             "potential_sampling_A": float(p.sampling_A),
             "slice_thickness_A": float(p.slice_thickness_A),
-            "n_atoms": int(len(positions)),
+            "n_atoms": len(positions),
             "simulator": self.versions(),
             "seed": int(self.seed),
         }

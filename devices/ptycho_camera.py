@@ -47,9 +47,10 @@ class CrystalTruth(Device):
     greens_tensor_analytic = Cpt(SoftSignal, value=np.zeros((3, 3)), kind="normal", units="angstrom**2")
     scan_positions_A = Cpt(SoftSignal, value=np.zeros((1, 2)), kind="normal", units="angstrom")
     temperature_K = Cpt(SoftSignal, value=0.0, kind="normal", units="K")
-    # The camera records the sample drift at each raster start (none for the crystal).
-    drift = Cpt(SoftSignal, value=np.zeros((0, 3)), kind="normal")
-    drift_shift = Cpt(SoftSignal, value=np.zeros((0, 2), np.int32), kind="normal")
+    # The camera records the sample drift at each raster start; the crystal does not
+    # drift, and a 2-D array of ≤ 16 values breaks TiledWriter's table: not read.
+    drift = Cpt(SoftSignal, value=np.zeros((0, 3)), kind="omitted")
+    drift_shift = Cpt(SoftSignal, value=np.zeros((0, 2), np.int32), kind="omitted")
 
     def load(self, sample: CrystalSample) -> None:
         """Set every signal from ``sample.truth()`` (simulates or reads the cache first)."""

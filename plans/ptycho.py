@@ -122,7 +122,7 @@ def ptycho_scan(
         "plan_args": {
             "camera": repr(camera), "scan": repr(scan), "nx": nx, "ny": ny, "step": step,
             "frame_rate": f, "flush_period": flush_period,
-        },  # fmt: skip
+        },
         "plan_pattern": "raster",
         "plan_pattern_args": {"nx": nx, "ny": ny, "step_A": step},
         "shape": [ny, nx],

@@ -18,10 +18,10 @@ pytest.importorskip("abtem")
 from speckleflow.devices.crystal import CrystalSpec
 from speckleflow.devices.crystal_sample import CrystalSample, SimulationParams
 
-SMALL = dict(
-    scan_shape=(4, 4), step_A=0.3, detector_shape=(32, 32), n_configurations=2,
-    sampling_A=0.1, max_angle_mrad=50.0, semiangle_mrad=25.0,
-)  # fmt: skip
+SMALL = {
+    "scan_shape": (4, 4), "step_A": 0.3, "detector_shape": (32, 32), "n_configurations": 2,
+    "sampling_A": 0.1, "max_angle_mrad": 50.0, "semiangle_mrad": 25.0,
+}  # fmt: skip
 
 
 def small_params(**kw) -> SimulationParams:

@@ -7,8 +7,19 @@ import pytest
 
 pytest.importorskip("ase")
 
-from speckleflow.devices.crystal import CrystalSpec, build_crystal, parse_crystal, supercell_for_scan
-from speckleflow.devices.phonons import KB_EV_PER_K, HarmonicLattice, Spring, einstein, neighbour_shells
+from speckleflow.devices.crystal import (
+    CrystalSpec,
+    build_crystal,
+    parse_crystal,
+    supercell_for_scan,
+)
+from speckleflow.devices.phonons import (
+    KB_EV_PER_K,
+    HarmonicLattice,
+    Spring,
+    einstein,
+    neighbour_shells,
+)
 
 
 @pytest.fixture(scope="module")
