@@ -10,6 +10,7 @@ from .adaptive import (
 )
 from .cci import cci_series, helicity_pair, one_helicity_frame
 from .ecm import AcquisitionConstraintError, ConstraintCheck, check_ecm_constraints, ecm_5d
+from .ptycho import ptycho_scan
 
 __all__ = [
     "AcquisitionConstraintError",
@@ -25,4 +26,5 @@ __all__ = [
     "helicity_pair",
     "is_covered",
     "one_helicity_frame",
+    "ptycho_scan",
 ]

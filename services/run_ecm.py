@@ -32,6 +32,7 @@ from rich.table import Table
 
 from .live import LiveSession
 from .live_display import add_worker_rows, serve_until_interrupted, worker_table
+from .run_engine import RunMonitor, live_run_engine
 from .tiled_server import DataDirectory
 
 #: ``at_run_end(session, run_uid, console)``: called after a successful run (hook for the
@@ -113,21 +114,6 @@ class ECMRunResult:
         return self.worker_status.get("g2", {}).get("unit", {}).get("tau_s")
 
 
-class _RunMonitor:
-    """RunEngine callback: the run uid and how it ended."""
-
-    def __init__(self) -> None:
-        self.uid: str | None = None
-        self.exit_status = "not started"
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> None:
-        if name == "start":
-            self.uid = doc["uid"]
-            self.exit_status = "running"
-        elif name == "stop":
-            self.exit_status = doc.get("exit_status", "unknown")
-
-
 def _plan(opts: ECMRunOptions, camera: Any, scan: Any, md: dict[str, Any]) -> Any:
     from speckleflow.plans import ecm_5d
 
@@ -163,11 +149,9 @@ def run_ecm(
     """
     opts.validate()
     console = console or Console()
-    from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
     from speckleflow.devices import Celeritas, LiquidSample, ScanController
 
-    from .raw_writer import raw_run_writer
 
     data_dir = DataDirectory.create(opts.data_dir)
     sample = LiquidSample(
@@ -188,7 +172,7 @@ def run_ecm(
         data_dir, workers=opts.workers, tiled_uri=opts.tiled_uri, api_key=opts.api_key, host=opts.host,
         worker_args={"g2": ["--detector", camera.name]},
     )  # fmt: skip
-    monitor = _RunMonitor()
+    monitor = RunMonitor()
     n_frames = opts.nx * opts.ny * opts.repeats
     keep = False
     try:
@@ -200,10 +184,7 @@ def run_ecm(
             f"raster {opts.nx}×{opts.ny} × {opts.repeats} repeats at {opts.frame_rate:g} Hz "
             f"(time sampling {opts.nx * opts.ny / opts.frame_rate:.4g} s), dose {opts.dose:g} e/px"
         )
-        RE = RunEngine({}, call_returns_result=False)
-        RE.subscribe(session.publisher)
-        RE.subscribe(monitor)
-        RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+        RE = live_run_engine(session, data_dir, monitor)
 
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

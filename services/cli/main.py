@@ -173,6 +173,68 @@ def run_ecm_command(
         raise typer.Exit(1 if result.exit_status == "fail" else 130)
 
 
+class PhononModel(str, Enum):
+    none = "none"
+    einstein = "einstein"
+    correlated = "correlated"
+
+
+@run_app.command("ptycho")
+def run_ptycho_command(
+    crystal: Annotated[str, typer.Option(help="hBN-<n>L (few-layer hBN along [0001]) or Si-<n>c (Si along [110], n cells of a/√2).")] = "hBN-1L",
+    phonons: Annotated[PhononModel, typer.Option(help="Frozen-phonon model: none (coherent), einstein (uncorrelated), correlated (harmonic lattice).")] = PhononModel.correlated,
+    temperature: Annotated[float, typer.Option(help="Temperature T, K (harmonic lattice; Einstein σ from it by default).")] = 300.0,
+    configurations: Annotated[int, typer.Option(help="Frozen-phonon configurations (1 with --phonons none).", min=1)] = 10,
+    einstein_sigma: Annotated[float | None, typer.Option(help="Einstein rms displacement per component, Å (default: the harmonic rms at T).", show_default=False)] = None,
+    source_fwhm: Annotated[float, typer.Option(help="Partial spatial coherence: Gaussian source FWHM, Å (0 = coherent).", min=0.0)] = 0.0,
+    dose: Annotated[float, typer.Option(help="Electron dose, electrons per Å² of scanned area (per pattern: dose·step²).")] = 1e5,
+    nx: Annotated[int, typer.Option(help="Scan positions per row (fast axis).", min=1)] = 16,
+    ny: Annotated[int, typer.Option(help="Scan rows.", min=1)] = 16,
+    step: Annotated[float, typer.Option(help="Scan step, Å.")] = 0.3,
+    detector: Annotated[tuple[int, int], typer.Option(help="Camera pixels QY QX.")] = (64, 64),
+    energy: Annotated[float, typer.Option(help="Beam energy, eV.")] = 200e3,
+    semiangle: Annotated[float, typer.Option(help="Probe convergence semi-angle, mrad.")] = 25.0,
+    defocus: Annotated[float, typer.Option(help="Probe defocus, Å (abTEM: −C10, positive = underfocus).")] = 0.0,
+    max_angle: Annotated[float, typer.Option(help="Detector half field, mrad.")] = 50.0,
+    sampling: Annotated[float, typer.Option(help="Multislice real-space sampling, Å.")] = 0.08,
+    slice_thickness: Annotated[float, typer.Option(help="Multislice slice thickness, Å.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the configurations and the Poisson noise.")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(envvar="SPECKLEFLOW_CACHE", help="Simulation cache (default ~/.cache/speckleflow).", show_default=False)] = None,
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+    keep_serving: Annotated[bool, typer.Option(help="Leave the embedded Tiled server up after the run, for clients.")] = False,
+) -> None:
+    """4D-STEM ptychography of a vibrating crystal (CAVIAR): abTEM simulation, flown raster, raw run in Tiled.
+
+    Simulates (or loads from the cache) the frozen-phonon 4D-STEM data of the crystal with
+    a progress bar, starts an embedded Tiled server (unless --tiled-uri), runs
+    `ptycho_scan` with the DE-Celeritas-like camera, and prints where the raw run
+    (frames, probe metadata, truth stream with every configuration) is.
+    """
+    from rich.console import Console
+    from speckleflow.services.run_ptycho import PtychoRunOptions, run_ptycho
+
+    console = Console()
+    opts = PtychoRunOptions(
+        crystal=crystal, phonon_model=phonons.value, temperature=temperature, configurations=configurations,
+        einstein_sigma=einstein_sigma, source_fwhm=source_fwhm, dose=dose, nx=nx, ny=ny, step=step,
+        detector=detector, energy=energy, semiangle=semiangle, defocus=defocus, max_angle=max_angle,
+        sampling=sampling, slice_thickness=slice_thickness, seed=seed, cache_dir=cache_dir, data_dir=data_dir,
+        tiled_uri=tiled_uri, api_key=api_key, keep_serving=keep_serving,
+    )  # fmt: skip
+    try:
+        result = run_ptycho(opts, console)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if result.exit_status != "success":
+        raise typer.Exit(1 if result.exit_status == "fail" else 130)
+
+
 process_app = typer.Typer(
     help="Full processing of a run stored in Tiled (results under analysis/<uid>/<technique>).",
     no_args_is_help=True,

@@ -237,3 +237,27 @@ def test_ptycho_benchmark_quick_prints_a_table() -> None:
         ("1", "1", "1"), ("2", "1", "1"), ("2", "2", "1"), ("1", "1", "2"), ("2", "1", "2"), ("2", "2", "2"),
     ]
     assert all(float(r[3]) > 0 for r in rows)
+
+
+CRYSTAL_BENCH = BENCH.parent / "bench_crystal.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_crystal_benchmark_quick_prints_a_table() -> None:
+    pytest.importorskip("abtem")
+    # ~45 s on 2 shared cores, most of it abTEM's import and numba compilation
+    completed = subprocess.run(
+        [sys.executable, str(CRYSTAL_BENCH), "--quick", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert "cache hit ratio 2/4" in lines[0]
+    header = next(line for line in lines if line.startswith("scan"))
+    for column in ("s/config", "ms/position", "× smallest", "cache load ms"):
+        assert column in header
+    assert [line.split()[0] for line in lines[3:]] == ["4×4", "8×8"]

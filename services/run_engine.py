@@ -1,0 +1,60 @@
+"""The RunEngine of a live ``speckleflow run``: bus publisher, run monitor and TiledWriter.
+
+Every ``run`` command (``ecm``, ``ptycho``) drives its plan with one RunEngine subscribed
+to the session's bus publisher (live workers), a :class:`RunMonitor` (the run uid and
+exit status) and TiledWriter into ``raw/`` (the raw record, independent of the bus).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .live import LiveSession
+from .tiled_server import DataDirectory
+
+__all__ = ["RunMonitor", "live_run_engine"]
+
+
+class RunMonitor:
+    """RunEngine callback: the run uid and how it ended."""
+
+    def __init__(self) -> None:
+        self.uid: str | None = None
+        self.exit_status = "not started"
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name == "start":
+            self.uid = doc["uid"]
+            self.exit_status = "running"
+        elif name == "stop":
+            self.exit_status = doc.get("exit_status", "unknown")
+
+
+def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunMonitor, *, batch_size: int = 50) -> Any:
+    """A RunEngine subscribed to the bus publisher, ``monitor`` and TiledWriter (raw/).
+
+    Parameters
+    ----------
+    session : LiveSession
+        Started (its publisher and Tiled client exist).
+    data_dir : DataDirectory
+        TiledWriter backs documents up in ``data_dir.backup``.
+    monitor : RunMonitor
+    batch_size : int
+        TiledWriter's event batch size.
+
+    Returns
+    -------
+    bluesky.RunEngine
+    """
+    from bluesky import RunEngine
+
+    from .raw_writer import raw_run_writer
+
+    if session.publisher is None or session.client is None:
+        raise RuntimeError("live_run_engine needs a started LiveSession")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(session.publisher)
+    RE.subscribe(monitor)
+    RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=batch_size))
+    return RE
