@@ -16,6 +16,12 @@ publishes under ``analysis/<uid>/ptycho/``:
 ``loss``              (iteration,) float64, loss per detector pixel per pass
 ``positions``         (position, axis) float64, refined scan positions (y, x), Å
 ``state_weights``     (state,) float64
+``sites``             (site, axis) float64, expected column sites (y, x), Å  ┐ with a
+``atoms``             (state, site, axis) float64, column positions, Å        │ ``truth``
+``greens_tensor``     (2 site, 2 site) float64, G = ⟨u ⊗ u⟩ (eq. 2), Å²       │ stream:
+``greens_truth``      the same from the truth configurations, Å²             │ lattice
+``debye_waller``      (site,) float64, B = 8π²⟨u²⟩, Å²                        │ analysis
+``figures/<name>``    (y, x, rgba) uint8: correlation_vectors, greens_tensor ┘
 ====================  ===============================================================
 
 Every node carries provenance metadata with all parameters; the container's
@@ -38,7 +44,7 @@ from .raw_runs import RunContentError, iter_frames, open_run, read_column
 
 ProgressCallback = Callable[[str, int, int], None]
 
-STEPS = ("reading", "stage 1", "stage 2", "publishing")
+STEPS = ("reading", "stage 1", "stage 2", "lattice", "publishing")
 
 
 def steps() -> tuple[str, ...]:
@@ -291,6 +297,9 @@ def process_ptycho(
     )
     timings["reconstruction"] = _time.perf_counter() - t0
     t0 = _time.perf_counter()
+    lattice, lattice_summary = _lattice_step(run, stored, result, progress)
+    timings["lattice"] = _time.perf_counter() - t0
+    t0 = _time.perf_counter()
     summary = {
         "final_loss": float(result.loss[-1]),
         "pixel_size_A": result.pixel_size_A,
@@ -305,15 +314,42 @@ def process_ptycho(
         "source": {k: stored.start.get(k) for k in (
             "crystal", "phonon_model", "temperature_K", "n_configurations", "source_fwhm_A",
             "dose_e_per_A2", "sample_thickness_A", "simulator")},
+        "lattice": lattice_summary,
     }
-    published = _publish(client, stored, opts, result, summary, progress)
+    published = _publish(client, stored, opts, result, summary, progress, lattice)
     timings["publishing"] = _time.perf_counter() - t0
     summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     return PtychoProcessResult(stored.uid, result, published, timings, summary)
 
 
+def _lattice_step(run: Any, stored: StoredPtychoRun, result: Any,
+                  progress: ProgressCallback | None) -> tuple[Any, dict[str, Any]]:
+    """The lattice analysis against the run's truth, or (None, why it was skipped).
+
+    A run without a ``truth`` stream, or whose scanned field holds too few columns, still
+    gets its reconstruction published; the summary says why the lattice step was skipped.
+    """
+    from .ptycho_lattice import lattice_products, read_truth
+
+    if progress is not None:
+        progress("lattice", 0, 1)
+    truth = read_truth(run)
+    if truth is None:
+        products, info = None, {"skipped": "the run has no truth stream (expected sites unknown)"}
+    else:
+        try:
+            products = lattice_products(result, truth, stored.start)
+            info = products.summary
+        except ValueError as exc:
+            products, info = None, {"skipped": str(exc)}
+    if progress is not None:
+        progress("lattice", 1, 1)
+    return products, info
+
+
 def _publish(client: Any, stored: StoredPtychoRun, opts: PtychoProcessOptions, result: Any,
-             summary: dict[str, Any], progress: ProgressCallback | None) -> list[str]:
+             summary: dict[str, Any], progress: ProgressCallback | None,
+             lattice: Any = None) -> list[str]:
     """Write the products under analysis/<uid>/ptycho (replacing an earlier reconstruction)."""
     from .ptycho.fit import ALGORITHM
 
@@ -336,10 +372,24 @@ def _publish(client: Any, stored: StoredPtychoRun, opts: PtychoProcessOptions, r
                       {"axis": ["y", "x"], "source": stored.positions_source}),
         "state_weights": (result.state_weights, ["state"], "1", {}),
     }
-    old = [k for k in arrays if k in node]
+    if lattice is not None:
+        arrays.update({
+            "sites": (lattice.sites_A, ["site", "axis"], "angstrom", {"axis": ["y", "x"]}),
+            "atoms": (lattice.atoms_A, ["state", "site", "axis"], "angstrom", {"axis": ["y", "x"]}),
+            "greens_tensor": (lattice.greens_tensor_A2, ["site_axis", "site_axis"], "angstrom**2",
+                              {"order": "site-major, (y, x) per site", "equation": "Gladyshev et al. eq. 2"}),
+            "greens_truth": (lattice.greens_truth_A2, ["site_axis", "site_axis"], "angstrom**2",
+                             {"order": "site-major, (y, x) per site", "source": "truth configurations"}),
+            "debye_waller": (lattice.debye_waller_A2, ["site"], "angstrom**2", {"definition": "8π²⟨u²⟩"}),
+        })
+    stale = [k for k in ("sites", "atoms", "greens_tensor", "greens_truth", "debye_waller") if k in node]
+    old = sorted(set([k for k in arrays if k in node] + stale))
     if old:
         node.delete_contents(old, external_only=False)
-    total = len(arrays) + 1
+    if "figures" in node:
+        node.delete_contents(["figures"], recursive=True, external_only=False)
+    figures = {} if lattice is None else lattice.figures
+    total = len(arrays) + len(figures) + 1
     if progress is not None:
         progress("publishing", 0, total)
     for done, (key, (arr, dims, units, extra)) in enumerate(arrays.items(), start=1):
@@ -348,6 +398,16 @@ def _publish(client: Any, stored: StoredPtychoRun, opts: PtychoProcessOptions, r
         node.write_array(np.ascontiguousarray(arr), key=key, metadata=md)
         if progress is not None:
             progress("publishing", done, total)
+    if figures:
+        figs = node.create_container("figures", metadata=provenance(
+            stored.uid, "ptycho", ALGORITHM, params, status="final", dims=[], name="figures"))
+        for done, (key, rgba) in enumerate(figures.items(), start=len(arrays) + 1):
+            figs.write_array(rgba, key=key, metadata=provenance(
+                stored.uid, "ptycho", ALGORITHM, params, status="final", dims=["y", "x", "rgba"],
+                units="uint8 RGBA", name=key))
+            if progress is not None:
+                progress("publishing", done, total)
+        arrays.update({f"figures/{k}": (v, [], "", {}) for k, v in figures.items()})
     node.update_metadata(
         metadata={"reconstruction": {**provenance(stored.uid, "ptycho", ALGORITHM, params, status="final"),
                                      "summary": summary}},
@@ -373,5 +433,15 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
     table.add_row("slice thickness", f"{s['slice_thickness_A']:.4g} Å")
     table.add_row("loss first → last", f"{r.loss[0]:.4g} → {r.loss[-1]:.4g}")
     table.add_row("s per iteration", f"{s['seconds_per_iteration']:.3g}")
+    lat = s.get("lattice") or {}
+    if "skipped" in lat:
+        table.add_row("lattice analysis", f"skipped: {lat['skipped']}")
+    else:
+        def num(key: str, fmt: str) -> str:
+            return "—" if lat.get(key) is None else format(lat[key], fmt)
+        table.add_row("columns found", f"{num('found_fraction', '.0%')} of {lat.get('n_sites')}")
+        table.add_row("u rms", f"{num('u_rms_A', '.3g')} Å")
+        table.add_row("LSM / CSM vs truth", f"{num('lsm', '.3f')} / {num('csm', '.3f')}")
+        table.add_row("bond correlation ρ_L", num("bond_correlation_longitudinal", "+.3f"))
     console.print(table)
     console.print(f"results: analysis/{result.uid}/ptycho/ ({', '.join(result.published)}) in {where}")

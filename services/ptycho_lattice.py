@@ -1,0 +1,144 @@
+"""The lattice step of ``process ptycho``: atoms, displacements and G of the object states.
+
+Glue between a :class:`~speckleflow.services.ptycho.result.ReconstructionResult`, the
+run's ``truth`` stream and :func:`speckleflow.services.lattice.analysis.analyse_states`
+(Gladyshev et al. 2025, eqs. 1–4): the expected projected sites come from the truth's
+equilibrium structure, moved into the scan frame (scan position (y, x) Å =
+``scan_origin_A`` + (iy, ix)·``scan_step_A``, CAVIAR_CONTRACT.md) and restricted to the
+scanned field; the reference G is that of the truth configurations projected onto the
+same columns (with ~10 states, sampling alone limits the agreement with the analytic G,
+see ``bench/bench_lattice.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .raw_runs import RunContentError
+
+__all__ = ["LatticeProducts", "lattice_products", "read_truth"]
+
+
+@dataclass(frozen=True)
+class LatticeProducts:
+    """What the lattice step publishes (lengths Å, G Å²).
+
+    Attributes
+    ----------
+    sites_A : ndarray, shape (n_sites, 2) — expected column sites in the scan frame, (y, x).
+    atoms_A : ndarray, shape (n_states, n_sites, 2) — column positions per object state.
+    greens_tensor_A2 : ndarray, shape (2 n_sites, 2 n_sites) — reconstructed G (eq. 2).
+    greens_truth_A2 : ndarray, shape (2 n_sites, 2 n_sites) — G of the truth configurations.
+    debye_waller_A2 : ndarray, shape (n_sites,) — B = 8π²⟨u²⟩.
+    summary : dict — LSM, CSM, found fraction, u rms, Einstein ratio, bond correlations.
+    figures : dict of name → (h, w, 4) uint8 RGBA.
+    """
+
+    sites_A: np.ndarray
+    atoms_A: np.ndarray
+    greens_tensor_A2: np.ndarray
+    greens_truth_A2: np.ndarray
+    debye_waller_A2: np.ndarray
+    summary: dict[str, Any]
+    figures: dict[str, np.ndarray]
+
+
+def _truth_column(run: Any, suffix: str) -> np.ndarray | None:
+    node = run["truth"]
+    keys = [k for k in node if k.endswith(suffix)]
+    if not keys:
+        return None
+    return np.asarray(node[keys[0]].read())[0]
+
+
+def read_truth(run: Any) -> dict[str, np.ndarray] | None:
+    """The crystal's ground truth from the run's ``truth`` stream, or None without one.
+
+    Returns
+    -------
+    dict or None
+        ``atom_positions`` (n_conf, n_atoms, 3) Å, ``atom_equilibrium`` (n_atoms, 3) Å
+        (ase order x, y, z), ``greens_tensor_analytic`` (3 n_atoms, 3 n_atoms) Å² or absent.
+
+    Raises
+    ------
+    RunContentError
+        If the stream exists but lacks the atom positions.
+    """
+    if "truth" not in run:
+        return None
+    out: dict[str, np.ndarray] = {}
+    for name in ("atom_positions", "atom_equilibrium", "greens_tensor_analytic"):
+        value = _truth_column(run, name)
+        if value is not None:
+            out[name] = value
+    if "atom_positions" not in out or "atom_equilibrium" not in out:
+        raise RunContentError(f"the truth stream has no atom_positions/atom_equilibrium; it has {list(run['truth'])}")
+    return out
+
+
+def lattice_products(
+    result: Any,
+    truth: dict[str, np.ndarray],
+    start: dict[str, Any],
+    *,
+    margin_A: float = 0.0,
+) -> LatticeProducts:
+    """Run the lattice analysis of a reconstruction against the run's truth.
+
+    Parameters
+    ----------
+    result : ReconstructionResult
+        ``object_phase`` (n_states, n_slices, H, W), ``pixel_size_A``, ``object_origin_A``
+        and the refined ``positions_A`` (n_positions, 2) Å in the scan frame.
+    truth : dict
+        From :func:`read_truth`.
+    start : dict
+        The run's start document (``scan_origin_A``).
+    margin_A : float
+        Sites up to this far outside the scanned rectangle are analysed too, Å.
+
+    Returns
+    -------
+    LatticeProducts
+
+    Raises
+    ------
+    ValueError
+        If fewer than two truth columns lie in the scanned field.
+    """
+    from .lattice.analysis import analyse_states
+    from .lattice.figures import correlation_figure, greens_figure
+    from .lattice.truth import truth_reference
+
+    ref = truth_reference(truth["atom_positions"], truth["atom_equilibrium"])
+    origin = np.asarray(start.get("scan_origin_A", [0.0, 0.0]), dtype=np.float64)
+    sites = ref.sites_A - origin
+    pos = np.asarray(result.positions_A, dtype=np.float64)
+    lo, hi = pos.min(axis=0) - margin_A, pos.max(axis=0) + margin_A
+    inside = np.flatnonzero(np.all((sites >= lo) & (sites <= hi), axis=1))
+    if inside.size < 2:
+        raise ValueError(f"only {inside.size} truth columns lie in the scanned field {lo}–{hi} Å")
+    sites = sites[inside]
+    idx = np.stack([2 * inside, 2 * inside + 1], axis=1).ravel()
+    g_truth = ref.greens_sample_A2[np.ix_(idx, idx)]
+    d = np.linalg.norm(sites[:, None] - sites[None], axis=-1)
+    nn = float(np.min(d[d > 0.3]))  # columns closer than 0.3 Å are one column
+    radius, cutoff = 0.35 * nn, 1.15 * nn
+    analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
+                              radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth)
+    scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
+    summary = {**scalars, "n_sites": len(sites), "nearest_neighbour_A": nn,
+               "com_radius_A": radius, "pair_cutoff_A": cutoff,
+               "registration_shift_A": [float(v) for v in analysis.shift_A],
+               "reference": "G of the truth configurations, projected columns"}
+    figures = {
+        "correlation_vectors": correlation_figure(sites, analysis.greens_tensor_A2, cutoff_A=cutoff,
+                                                  g_ref_A2=g_truth),
+        "greens_tensor": greens_figure(analysis.greens_tensor_A2),
+    }
+    return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_truth,
+                           analysis.debye_waller_A2, summary, figures)
