@@ -64,7 +64,7 @@ def test_lattice_step_keeps_the_scanned_columns_and_recovers_G(case):
 
 
 def test_lattice_step_names_a_field_without_columns(case):
-    result, truth, start, cell = case
+    result, truth, _, cell = case
     far = {"scan_origin_A": [cell[1] * 10, cell[0] * 10]}
     with pytest.raises(ValueError, match="truth columns lie in the scanned field"):
         lattice_products(result, truth, far)
