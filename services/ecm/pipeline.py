@@ -50,6 +50,7 @@ from .domains import (
     median_tau_vs_k_r,
     tau_histograms,
 )
+from .finite_run import estimator_kernel
 from .geometry import DetectorGeometry
 from .kww import KWWResult, fit_kww
 from .polar import PolarBinning, polar_binning
@@ -199,6 +200,17 @@ class ECMOptions:
         Bins of the τ histograms.
     keep_g2 : bool
         Keep the per-(position, bin) g2 in the result (n_lags·ny·nx·n_r·n_phi floats).
+    finite_run : bool
+        Fit the expected value of the multi-tau estimator over the run
+        (:mod:`.finite_run`) rather than the process g2, which removes the bias toward
+        short τ of runs only ~10 τ long (False: the plain KWW model).
+    flat_field : bool
+        Weight pixels and positions by their inverse mean intensity before pooling them
+        into a bin or the ensemble (:func:`.blocks.flat_field_weights`), so that the ring
+        profile and thickness contrast do not raise the pooled g2's baseline.
+    shared_contrast : bool
+        Hold the KWW contrast A of each (k_r, k_φ) bin at its median over the block's
+        positions and refit τ and β (:func:`.blocks.correlate_block`).
     scheduler : str or None
         ``"local"``: an in-process Dask ``LocalCluster``; ``"tcp://host:port"``: that
         scheduler; None: blocks one after the other in this thread.
@@ -218,6 +230,9 @@ class ECMOptions:
     two_time_max: int = 512
     histogram_bins: int = 30
     keep_g2: bool = False
+    finite_run: bool = True
+    flat_field: bool = True
+    shared_contrast: bool = True
     scheduler: str | None = "local"
 
     def validate(self) -> None:
@@ -404,12 +419,12 @@ def _read_rows(reader: FrameReader, rows: np.ndarray) -> np.ndarray:
 
 def _adf_task(
     reader: FrameReader, weights: np.ndarray, strip: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, float, int]:
-    """ADF image of some rasters, plus the strip counts (for the measured dose)."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """ADF image of some rasters, plus the counts of every strip pixel (dose, flat field)."""
     frames = _read_rows(reader, rows)
     flat = frames.reshape(-1, frames.shape[-2] * frames.shape[-1])
     adf = (flat.astype(np.float64) @ weights).reshape(rows.shape)
-    counts = float(flat[:, strip].sum(dtype=np.float64))
+    counts = flat[:, strip].sum(axis=0, dtype=np.float64)
     return adf, counts, int(flat.shape[0] * strip.size)
 
 
@@ -423,6 +438,10 @@ def _block_task(
     repeat_period: float,
     n_buffers: int,
     two_time_max: int,
+    finite_run: bool = True,
+    flat_field: bool = True,
+    shared_contrast: bool = True,
+    profile: np.ndarray | None = None,
 ) -> BlockResult:
     """Read every repeat of registered rows ``rows`` (cols ``cols``), strip pixels only, and correlate.
 
@@ -442,7 +461,8 @@ def _block_task(
         strip[r] = part
     assert strip is not None
     return correlate_block(
-        strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max
+        strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max,
+        finite_run=finite_run, flat_field=flat_field, shared_contrast=shared_contrast, profile=profile,
     )
 
 
@@ -563,7 +583,8 @@ def run_ecm(
         chunks = [(table[r0 : r0 + opts.repeats_per_read],) for r0 in range(0, R, opts.repeats_per_read)]
         parts = _run_tasks(client, _adf_task, chunks, (reader, adf_weights, layout.pixels), "virtual ADF", report)
         adf = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, scan.ny, scan.nx))
-        mean_counts = sum(p[1] for p in parts) / max(sum(p[2] for p in parts), 1)
+        strip_counts = np.sum([p[1] for p in parts], axis=0)
+        mean_counts = float(strip_counts.sum()) / max(sum(p[2] for p in parts), 1)
         timings["virtual ADF"] = _time.perf_counter() - t0
 
         # 2. drift registration and the common field
@@ -597,7 +618,8 @@ def run_ecm(
         blocks = [((a, min(a + opts.rows_per_block, y1)), cols) for a in range(y0, y1, opts.rows_per_block)]
         results: list[BlockResult] = _run_tasks(
             client, _block_task_args, blocks,
-            (reader, table, shift, layout, scan.repeat_period, opts.n_buffers, opts.two_time_max),
+            (reader, table, shift, layout, scan.repeat_period, opts.n_buffers, opts.two_time_max, opts.finite_run,
+             opts.flat_field, opts.shared_contrast, strip_counts),
             "g2 + KWW", report,
         )
         timings["g2 + KWW"] = _time.perf_counter() - t0
@@ -636,9 +658,11 @@ def _accept_significant(images: np.ndarray, est: DriftEstimate, smooth_sigma: fl
 
 def _block_task_args(
     reader: FrameReader, table: np.ndarray, shift: np.ndarray, layout: StripLayout, repeat_period: float,
-    n_buffers: int, two_time_max: int, rows: tuple[int, int], cols: tuple[int, int],
+    n_buffers: int, two_time_max: int, finite_run: bool, flat_field: bool, shared_contrast: bool,
+    profile: np.ndarray, rows: tuple[int, int], cols: tuple[int, int],
 ) -> BlockResult:  # fmt: skip
-    return _block_task(reader, table, shift, rows, cols, layout, repeat_period, n_buffers, two_time_max)
+    return _block_task(reader, table, shift, rows, cols, layout, repeat_period, n_buffers, two_time_max,
+                       finite_run, flat_field, shared_contrast, profile)
 
 
 def _assemble(
@@ -687,7 +711,9 @@ def _assemble(
     g2_ens[~np.isfinite(g2_ens)] = np.nan
     two_time[~np.isfinite(two_time)] = np.nan
     ens_sigma = np.broadcast_to((1.0 / np.sqrt(np.maximum(first.n_pairs, 1)))[:, None], g2_ens.T.shape)
-    ens_fit = fit_kww(first.lags, g2_ens.T, time_per_lag=scan.repeat_period, sigma=ens_sigma)
+    kernel = estimator_kernel(first.lags, first.level, first.n_pairs) if opts.finite_run else None
+    ens_fit = fit_kww(first.lags, g2_ens.T, time_per_lag=scan.repeat_period, sigma=ens_sigma, kernel=kernel,
+                      pooled=np.maximum(kr_n, 1).astype(float))
 
     fitted = np.isfinite(maps["tau"])
     good = fitted & (flags == 0)
