@@ -182,23 +182,27 @@ def _kernel_model(kernel: FiniteRunKernel, keep: np.ndarray, inv_pooled: np.ndar
     """E[ĝ2] of the estimator (:mod:`.finite_run`) and its Jacobian wrt (A, ln τ, β)."""
     s = kernel.s[1:]
     logs = np.log(s)[None, :]
-    Ks = kernel.signal[keep].T  # (n_grid, m)
-    Km = kernel.mean[keep].T
-    Ks0, Km0 = Ks[0], Km[0]  # s = 0: c(0)/A = 1, no τ or β dependence
-    Ks, Km = Ks[1:], Km[1:]
+    m = int(keep.sum())
+    K = np.concatenate([kernel.signal[keep].T, kernel.mean[keep].T], axis=1)  # (n_grid, 2m)
+    K0, K = K[0], K[1:]  # s = 0: c(0)/A = 1, no τ or β dependence
 
     def model(A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = logs - lntau[:, None]
         sb = np.exp(beta[:, None] * x)
         e = np.exp(-2.0 * sb)
-        dl = 2.0 * beta[:, None] * sb * e
-        db = -2.0 * sb * x * e
         ip = inv_pooled[idx][:, None]
-        F = (e @ Ks + Ks0) - ip * (e @ Km + Km0)
+
+        def apply(v: np.ndarray, const: bool) -> np.ndarray:
+            out = v @ K
+            if const:
+                out = out + K0
+            return out[:, :m] - ip * out[:, m:]
+
+        F = apply(e, True)
         J = np.empty((*F.shape, 3))
         J[..., 0] = F
-        J[..., 1] = A[:, None] * (dl @ Ks - ip * (dl @ Km))
-        J[..., 2] = A[:, None] * (db @ Ks - ip * (db @ Km))
+        J[..., 1] = A[:, None] * apply(2.0 * beta[:, None] * sb * e, False)
+        J[..., 2] = A[:, None] * apply(-2.0 * sb * x * e, False)
         return baseline + A[:, None] * F, J
 
     return model
