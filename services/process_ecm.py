@@ -405,10 +405,13 @@ def print_ecm_processing(result: ECMProcessResult, where: str, console: Any) -> 
 def process_ecm_at_run_end(session: Any, uid: str, console: Any) -> ECMProcessResult | None:
     """``run_ecm``'s run-end hook: the full pipeline with progress bars; a failure is
     reported and recorded in Tiled (``analysis/<uid>/ecm`` status ``failed``), not raised."""
-    from .ecm.pipeline import ALGORITHM
+    from .ecm.pipeline import ALGORITHM, ECMOptions
     from .run_end import process_at_run_end
 
-    opts = ECMProcessOptions()
+    # One k_r bin across the ring's FWHM and k_φ bins no wider than the probe convergence
+    # (the paper's rule): ≈ 25 pixels per bin on a 128×256 camera, enough that the
+    # per-(position, bin) τ are not biased short by counting noise at 1 e/pixel.
+    opts = ECMProcessOptions(ecm=ECMOptions(n_r=1))
     return process_at_run_end(
         session, uid, console, title="full ECM processing at run end", what="full ECM processing",
         technique="ecm", algorithm=ALGORITHM, parameters=opts.parameters(),

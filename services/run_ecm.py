@@ -45,16 +45,22 @@ class ECMRunOptions:
     """Options of ``speckleflow run ecm`` (units in the names' docs).
 
     nx, ny : scan positions per row and rows. repeats : rasters N_t (≥ 2).
+
+    The defaults observe 12 τ (300 repeats × 64/1600 Hz = 12 s at τ = 1 s) with a time
+    sampling of 0.04 τ and 1 e/pixel on the ring: the issue-5 accuracy conditions (≥ 10 τ,
+    ≤ 0.05 τ, ≥ 1 e/pixel) with margin, and the fewest frames that meet them (≥ 200 per
+    scan position: N_t ≥ 10 τ/(0.05 τ)), 19 200 frames.
+
     frame_rate : camera frame rate f, Hz (dwell 1/f). dose : electrons per pixel on the
     first ring per frame. tau : the simulated sample's median τ, s. expected_tau : the
     τ the constraint check assumes, s (default: ``tau``). override : acquire even if a
     constraint fails. detector_rows, detector_cols : camera readout, pixels.
     """
 
-    nx: int = 16
-    ny: int = 16
-    repeats: int = 100
-    frame_rate: float = 10_000.0
+    nx: int = 8
+    ny: int = 8
+    repeats: int = 300
+    frame_rate: float = 1_600.0
     dose: float = 1.0
     tau: float = 1.0
     expected_tau: float | None = None

@@ -118,10 +118,14 @@ def run_cci_command(
 
 @run_app.command("ecm")
 def run_ecm_command(
-    nx: Annotated[int, typer.Option(help="Scan positions per row (fast axis).", min=1)] = 16,
-    ny: Annotated[int, typer.Option(help="Scan rows.", min=1)] = 16,
-    repeats: Annotated[int, typer.Option(help="Rasters N_t acquired without interruption.", min=2)] = 100,
-    frame_rate: Annotated[float, typer.Option(help="Camera frame rate f, Hz (dwell 1/f).")] = 10_000.0,
+    nx: Annotated[int, typer.Option(help="Scan positions per row (fast axis).", min=1)] = 8,
+    ny: Annotated[int, typer.Option(help="Scan rows.", min=1)] = 8,
+    repeats: Annotated[
+        int, typer.Option(help="Rasters N_t acquired without interruption (default: 12 τ at τ = 1 s).", min=2)
+    ] = 300,
+    frame_rate: Annotated[
+        float, typer.Option(help="Camera frame rate f, Hz (dwell 1/f; default: time sampling 0.04 τ).")
+    ] = 1_600.0,
     dose: Annotated[float, typer.Option(help="Electrons per pixel on the first ring per frame, I_s/(f·N_d).")] = 1.0,
     tau: Annotated[float, typer.Option(help="The simulated sample's median relaxation time τ, s.")] = 1.0,
     expected_tau: Annotated[

@@ -34,9 +34,12 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from .finite_run import FiniteRunKernel
 
 __all__ = ["BETA_RANGE", "KWWFlag", "KWWResult", "fit_kww", "kww_g2"]
 
@@ -165,29 +168,87 @@ def _initial_guess(
     return A0, lntau0, beta0
 
 
+Model = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _plain_model(t: np.ndarray, baseline: float) -> Model:
+    def model(A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _model_and_jacobian(t, A, lntau, beta, baseline)
+
+    return model
+
+
+def _kernel_model(kernel: FiniteRunKernel, keep: np.ndarray, inv_pooled: np.ndarray, baseline: float) -> Model:
+    """E[ĝ2] of the estimator (:mod:`.finite_run`) and its Jacobian wrt (A, ln τ, β)."""
+    s = kernel.s[1:]
+    logs = np.log(s)[None, :]
+    m = int(keep.sum())
+    K = np.concatenate([kernel.signal[keep].T, kernel.mean[keep].T], axis=1)  # (n_grid, 2m)
+    K0, K = K[0], K[1:]  # s = 0: c(0)/A = 1, no τ or β dependence
+
+    def model(A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = logs - lntau[:, None]
+        sb = np.exp(beta[:, None] * x)
+        e = np.exp(-2.0 * sb)
+        ip = inv_pooled[idx][:, None]
+
+        def apply(v: np.ndarray, const: bool) -> np.ndarray:
+            out = v @ K
+            if const:
+                out = out + K0
+            return out[:, :m] - ip * out[:, m:]
+
+        F = apply(e, True)
+        J = np.empty((*F.shape, 3))
+        J[..., 0] = F
+        J[..., 1] = A[:, None] * apply(2.0 * beta[:, None] * sb * e, False)
+        J[..., 2] = A[:, None] * apply(-2.0 * sb * x * e, False)
+        return baseline + A[:, None] * F, J
+
+    return model
+
+
 def _fit_chunk(
     t: np.ndarray,
     y: np.ndarray,
     w: np.ndarray,
+    model: Model,
     baseline: float,
     max_iter: int,
     ftol: float,
     xtol: float,
+    fixed_A: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Batched Levenberg–Marquardt on y (n, m) with weights w (1/σ², 0 = unused)."""
+    """Batched Levenberg–Marquardt on y (n, m) with weights w (1/σ², 0 = unused).
+
+    ``fixed_A`` (n,): A held at that value where finite (only ln τ and β fitted).
+    """
     n, _m = y.shape
     y0 = np.where(w > 0, y, 0.0)
     A, lntau, beta = _initial_guess(t, y, w, baseline)
+    hold = np.zeros(n, bool) if fixed_A is None else np.isfinite(fixed_A)
+    if hold.any():
+        A = np.where(hold, fixed_A, A)
+
+    def freeze(H: np.ndarray, g: np.ndarray | None, sel: np.ndarray) -> None:
+        h = hold[sel]
+        if h.any():
+            H[h, 0, :] = 0.0
+            H[h, :, 0] = 0.0
+            H[h, 0, 0] = 1.0
+            if g is not None:
+                g[h, 0] = 0.0
     p = np.stack([A, lntau, beta], axis=1)
     lo = np.array([-np.inf, math.log(t[0]) - 20.0, 1e-3])
     hi = np.array([np.inf, math.log(t[-1]) + 20.0, 10.0])
+    everyone = np.arange(n)
 
     def cost_of(p: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        f, _ = _model_and_jacobian(t, p[:, 0], p[:, 1], p[:, 2], baseline)
+        f, _ = model(p[:, 0], p[:, 1], p[:, 2], idx)
         return 0.5 * (w[idx] * (y0[idx] - f) ** 2).sum(axis=1)
 
     lam = np.full(n, 1e-3)
-    f, J = _model_and_jacobian(t, p[:, 0], p[:, 1], p[:, 2], baseline)
+    f, J = model(p[:, 0], p[:, 1], p[:, 2], everyone)
     cost = 0.5 * (w * (y0 - f) ** 2).sum(axis=1)
     active = np.isfinite(cost)
     converged = np.zeros(n, dtype=bool)
@@ -197,12 +258,13 @@ def _fit_chunk(
         if idx.size == 0:
             break
         n_iter[idx] += 1
-        fi, Ji = _model_and_jacobian(t, p[idx, 0], p[idx, 1], p[idx, 2], baseline)
+        fi, Ji = model(p[idx, 0], p[idx, 1], p[idx, 2], idx)
         wi = w[idx]
         r = y0[idx] - fi
         JtW = Ji * wi[..., None]
         H = np.einsum("nmi,nmj->nij", JtW, Ji)
         g = np.einsum("nmi,nm->ni", JtW, r)
+        freeze(H, g, idx)
         diag = np.maximum(np.einsum("nii->ni", H), 1e-300)
         Hd = H + (lam[idx, None] * diag)[:, :, None] * np.eye(3)[None]
         try:
@@ -226,9 +288,10 @@ def _fit_chunk(
         converged[stuck] = True
         active[done] = False
         active[stuck] = False
-    f, J = _model_and_jacobian(t, p[:, 0], p[:, 1], p[:, 2], baseline)
+    f, J = model(p[:, 0], p[:, 1], p[:, 2], everyone)
     JtW = J * w[..., None]
     H = np.einsum("nmi,nmj->nij", JtW, J)
+    freeze(H, None, everyone)
     return p, cost, H, converged, n_iter
 
 
@@ -242,6 +305,9 @@ def fit_kww(
     baseline: float = 1.0,
     max_iter: int = 100,
     chunk: int = DEFAULT_CHUNK,
+    kernel: FiniteRunKernel | None = None,
+    pooled: np.ndarray | float = 1.0,
+    contrast: np.ndarray | float | None = None,
 ) -> KWWResult:
     """Fit g2 = baseline + A·exp(−2 (Δt/τ)^β) to every pixel.
 
@@ -260,6 +326,18 @@ def fit_kww(
     baseline : float — the g2 baseline (1 for an ergodic sample).
     max_iter : int — Levenberg–Marquardt iterations at most.
     chunk : int — pixels fitted together (memory ≈ 60·n_lags·chunk bytes).
+    kernel : FiniteRunKernel, optional — fit what the estimator measures over a finite
+        run, E[ĝ2] = baseline + A·(K_signal − K_mean/n)·exp(−2(s/τ)^β)
+        (:func:`.finite_run.estimator_kernel` of the same lags), instead of the process
+        g2: removes the bias toward short τ of runs that are not ≫ τ. Its lags must be
+        ``lags``.
+    pooled : float or ndarray of pixel_shape — n, independent speckles pooled before
+        normalisation in each g2 (1: a single pixel, or per-pixel normalised curves);
+        only with ``kernel``.
+    contrast : float or ndarray of pixel_shape, optional — hold A at this value where
+        finite (fit ln τ and β only; σ_A = 0 there): A is a property of the detector
+        pixels and the speckle visibility, shared by every scan position of a (k_r, k_φ)
+        bin, and fitting it per curve adds noise to τ.
 
     Returns
     -------
@@ -315,6 +393,13 @@ def fit_kww(
     keep = lags > 0
     if not keep.any():
         raise ValueError(f"lags must contain lags > 0 to fit, got {lags!r}")
+    if kernel is not None and not np.array_equal(kernel.lags, lags):
+        raise ValueError(f"kernel lags {kernel.lags!r} are not the g2 lags {lags!r}")
+    inv_pooled = 1.0 / np.broadcast_to(np.asarray(pooled, np.float64), pixel_shape).reshape(n_pix)
+    if not (np.isfinite(inv_pooled).all() and (inv_pooled > 0).all()):
+        raise ValueError(f"pooled must be > 0 pixels, got {pooled!r}")
+    fixed = (None if contrast is None
+             else np.broadcast_to(np.asarray(contrast, np.float64), pixel_shape).reshape(n_pix))
     t = lags[keep]
     Y = Y[keep].T  # (n_pix, m)
     W = W[keep].T
@@ -335,7 +420,10 @@ def fit_kww(
     idx_fit = np.flatnonzero(fit)
     for c0 in range(0, idx_fit.size, chunk):
         idx = idx_fit[c0 : c0 + chunk]
-        p, cost, H, converged, it = _fit_chunk(t, Y[idx], W[idx], baseline, max_iter, 1e-10, 1e-10)
+        model = (_plain_model(t, baseline) if kernel is None
+                 else _kernel_model(kernel, keep, inv_pooled[idx], baseline))
+        p, cost, H, converged, it = _fit_chunk(t, Y[idx], W[idx], model, baseline, max_iter, 1e-10, 1e-10,
+                                               None if fixed is None else fixed[idx])
         dof = np.maximum(n_points[idx] - 3, 1)
         red = 2.0 * cost / dof
         with np.errstate(invalid="ignore"):
@@ -350,7 +438,7 @@ def fit_kww(
         A[idx] = p[:, 0]
         tau[idx] = np.exp(p[:, 1]) * time_per_lag
         beta[idx] = p[:, 2]
-        s_A[idx] = sd[:, 0]
+        s_A[idx] = sd[:, 0] if fixed is None else np.where(np.isfinite(fixed[idx]), 0.0, sd[:, 0])
         s_tau[idx] = tau[idx] * sd[:, 1]
         s_beta[idx] = sd[:, 2]
         chi2[idx] = red

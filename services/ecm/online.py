@@ -46,6 +46,7 @@ import numpy as np
 from speckleflow.services.g2.multitau import MultiTauCorrelator
 from speckleflow.services.g2.twotime import TwoTimeCorrelator
 
+from .finite_run import estimator_kernel
 from .geometry import DetectorGeometry
 from .kww import KWWResult, fit_kww
 from .polar import PolarBinning, polar_binning
@@ -65,12 +66,16 @@ class EnsembleG2:
         of the normalised g2 of each (position, k_φ) bin sum; NaN where none is defined.
     k_r : ndarray, shape (n_k_r,), float64 — k_r bin centres, Å⁻¹ (bins holding pixels).
     ring : ndarray, shape (n_lags,), float64 — the same over the whole first-ring strip.
+    level : ndarray, shape (n_lags,), int64 — multi-tau level of each lag.
+    n_pairs : ndarray, shape (n_lags,), int64 — repeat pairs averaged at each lag.
     """
 
     lags: np.ndarray
     g2: np.ndarray
     k_r: np.ndarray
     ring: np.ndarray
+    level: np.ndarray
+    n_pairs: np.ndarray
 
 
 class OnlineECM:
@@ -253,10 +258,19 @@ class OnlineECM:
         lags, g2, bins = self.correlator.binned_g2(self.labels, method="mean")
         _, ring, _ = self.correlator.binned_g2(self.ring_labels, method="mean")
         k_r = self.polar.k_r_centers[bins - 1]
-        return EnsembleG2(lags=lags, g2=g2.T.copy(), k_r=k_r, ring=ring[:, 0].copy())
+        sums = self.correlator.sums()
+        return EnsembleG2(lags=lags, g2=g2.T.copy(), k_r=k_r, ring=ring[:, 0].copy(), level=sums.level,
+                          n_pairs=sums.n_pairs)
 
-    def fit(self, ensemble: EnsembleG2, time_per_lag: float) -> tuple[KWWResult, KWWResult]:
+    def fit(
+        self, ensemble: EnsembleG2, time_per_lag: float, *, finite_run: bool = True
+    ) -> tuple[KWWResult, KWWResult]:
         """KWW fits g2 = 1 + A·exp(−2(Δt/τ)^β) of each k_r bin and of the whole strip.
+
+        The ensemble is a mean of per-column normalised g2, each biased toward short τ
+        by the means estimated over the run so far; with ``finite_run`` the fit models
+        that bias (:mod:`.finite_run`, one pooled speckle sum per column), so the live τ
+        is right after a few τ already. Lags are weighted by 1/σ² ∝ the pairs averaged.
 
         Parameters
         ----------
@@ -270,8 +284,11 @@ class OnlineECM:
         per_k_r : KWWResult — arrays of shape (n_k_r,).
         ring : KWWResult — 0-d arrays.
         """
-        per_k_r = fit_kww(ensemble.lags, ensemble.g2.T, time_per_lag=time_per_lag)
-        ring = fit_kww(ensemble.lags, ensemble.ring, time_per_lag=time_per_lag)
+        kernel = estimator_kernel(ensemble.lags, ensemble.level, ensemble.n_pairs) if finite_run else None
+        sigma = 1.0 / np.sqrt(np.maximum(ensemble.n_pairs, 1))
+        per_k_r = fit_kww(ensemble.lags, ensemble.g2.T, time_per_lag=time_per_lag, kernel=kernel,
+                          sigma=np.broadcast_to(sigma[:, None], ensemble.g2.T.shape))
+        ring = fit_kww(ensemble.lags, ensemble.ring, time_per_lag=time_per_lag, kernel=kernel, sigma=sigma)
         return per_k_r, ring
 
     def two_time_result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -50,6 +50,7 @@ from .domains import (
     median_tau_vs_k_r,
     tau_histograms,
 )
+from .finite_run import estimator_kernel
 from .geometry import DetectorGeometry
 from .kww import KWWResult, fit_kww
 from .polar import PolarBinning, polar_binning
@@ -203,6 +204,17 @@ class ECMOptions:
         Bins of the τ histograms.
     keep_g2 : bool
         Keep the per-(position, bin) g2 in the result (n_lags·ny·nx·n_r·n_phi floats).
+    finite_run : bool
+        Fit the expected value of the multi-tau estimator over the run
+        (:mod:`.finite_run`) rather than the process g2, which removes the bias toward
+        short τ of runs only ~10 τ long (False: the plain KWW model).
+    flat_field : bool
+        Weight pixels and positions by their inverse mean intensity before pooling them
+        into a bin or the ensemble (:func:`.blocks.flat_field_weights`), so that the ring
+        profile and thickness contrast do not raise the pooled g2's baseline.
+    shared_contrast : bool
+        Hold the KWW contrast A of each (k_r, k_φ) bin at its median over the block's
+        positions and refit τ and β (:func:`.blocks.correlate_block`).
     scheduler : str or None
         ``"local"``: an in-process Dask ``LocalCluster``; ``"tcp://host:port"``: that
         scheduler; None: blocks one after the other in this thread.
@@ -222,6 +234,9 @@ class ECMOptions:
     two_time_max: int = 512
     histogram_bins: int = 30
     keep_g2: bool = False
+    finite_run: bool = True
+    flat_field: bool = True
+    shared_contrast: bool = True
     scheduler: str | None = "local"
 
     def validate(self) -> None:
@@ -419,12 +434,12 @@ def _iter_ranges(reader: FrameReader, ranges: list[tuple[int, int]]) -> Iterator
 
 def _adf_task(
     reader: FrameReader, weights: np.ndarray, strip: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, float, int]:
-    """ADF image of some rasters, plus the strip counts (for the measured dose)."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """ADF image of some rasters, plus the counts of every strip pixel (dose, flat field)."""
     frames = _read_rows(reader, rows)
     flat = frames.reshape(-1, frames.shape[-2] * frames.shape[-1])
     adf = (flat.astype(np.float64) @ weights).reshape(rows.shape)
-    counts = float(flat[:, strip].sum(dtype=np.float64))
+    counts = flat[:, strip].sum(axis=0, dtype=np.float64)
     return adf, counts, int(flat.shape[0] * strip.size)
 
 
@@ -438,6 +453,10 @@ def _block_task(
     repeat_period: float,
     n_buffers: int,
     two_time_max: int,
+    finite_run: bool = True,
+    flat_field: bool = True,
+    shared_contrast: bool = True,
+    profile: np.ndarray | None = None,
 ) -> BlockResult:
     """Read every repeat of registered rows ``rows`` (cols ``cols``), strip pixels only, and correlate.
 
@@ -457,7 +476,8 @@ def _block_task(
         strip[r] = part
     assert strip is not None
     return correlate_block(
-        strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max
+        strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max,
+        finite_run=finite_run, flat_field=flat_field, shared_contrast=shared_contrast, profile=profile,
     )
 
 
@@ -578,7 +598,8 @@ def run_ecm(
         chunks = [(table[r0 : r0 + opts.repeats_per_read],) for r0 in range(0, R, opts.repeats_per_read)]
         parts = _run_tasks(client, _adf_task, chunks, (reader, adf_weights, layout.pixels), "virtual ADF", report)
         adf = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, scan.ny, scan.nx))
-        mean_counts = sum(p[1] for p in parts) / max(sum(p[2] for p in parts), 1)
+        strip_counts = np.sum([p[1] for p in parts], axis=0)
+        mean_counts = float(strip_counts.sum()) / max(sum(p[2] for p in parts), 1)
         timings["virtual ADF"] = _time.perf_counter() - t0
 
         # 2. drift registration and the common field
@@ -592,6 +613,7 @@ def run_ecm(
                                  else opts.drift_reference, smooth_sigma=opts.smooth_sigma,
                                  scan_step_nm=scan.scan_step_nm)
             win = _accept_significant(mean_adf, win, opts.smooth_sigma)
+            win = _least_squares_shift(mean_adf, win)
             of = np.minimum(np.arange(R) // w, n_win - 1)
             step = scan.scan_step_nm
             drift = DriftEstimate(win.shift[of], None if step is None else win.shift[of] * step,
@@ -612,7 +634,8 @@ def run_ecm(
         blocks = [((a, min(a + opts.rows_per_block, y1)), cols) for a in range(y0, y1, opts.rows_per_block)]
         results: list[BlockResult] = _run_tasks(
             client, _block_task_args, blocks,
-            (reader, table, shift, layout, scan.repeat_period, opts.n_buffers, opts.two_time_max),
+            (reader, table, shift, layout, scan.repeat_period, opts.n_buffers, opts.two_time_max, opts.finite_run,
+             opts.flat_field, opts.shared_contrast, strip_counts),
             "g2 + KWW", report,
         )
         timings["g2 + KWW"] = _time.perf_counter() - t0
@@ -624,6 +647,53 @@ def run_ecm(
     report("statistics", 1, 1)
     timings["statistics"] = _time.perf_counter() - t0
     return out
+
+
+def _least_squares_shift(images: np.ndarray, est: DriftEstimate, min_overlap: float = 0.5) -> DriftEstimate:
+    """Whole-step shift of every image that minimises the mean squared difference to the
+    reference over an overlap of at least ``min_overlap`` of the field.
+
+    A normalised cross-correlation is blind along the gradient of a smooth image: on a
+    field of a few domain sizes the mass-thickness contrast is close to a ramp, and every
+    shift along it correlates at ≈ 0.98 (measured on an 8×8 raster: shifts of 4–5 steps
+    for a true 2). The squared difference is not (a ramp shifted by d − d' differs by the
+    constant g·(d − d')), provided both images keep one intensity scale (a constant
+    probe current; normalising each by its own mean would bring the ambiguity back).
+    Every repeat is searched exhaustively (the fields of ECM rasters are small), on the
+    unsmoothed images: a Gaussian prefilter's edge handling moved the optimum by a step on
+    an 8×8 field, and the mean over the overlap already averages the noise.
+    """
+    imgs = np.asarray(images, np.float64)
+    ref = imgs[est.reference]
+    imgs = imgs / max(float(ref.mean()), 1e-300)  # one scale: the dose per position is constant
+    ref = imgs[est.reference]
+    ny, nx = ref.shape
+    shift = est.shift.copy()
+    corr = est.correlation.copy()
+    reach_y, reach_x = int(ny * (1 - min_overlap)), int(nx * (1 - min_overlap))
+    for r in range(imgs.shape[0]):
+        if r == est.reference:
+            continue
+        best, best_d = np.inf, (0, 0)
+        for dy in range(-reach_y, reach_y + 1):
+            for dx in range(-reach_x, reach_x + 1):
+                # image_r(p) ≈ ref(p + d): overlap of p and p + d inside the field
+                y0, y1 = max(0, -dy), min(ny, ny - dy)
+                x0, x1 = max(0, -dx), min(nx, nx - dx)
+                if (y1 - y0) * (x1 - x0) < min_overlap * ny * nx:
+                    continue
+                diff = imgs[r, y0:y1, x0:x1] - ref[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+                ssd = float(np.mean(diff * diff))
+                if ssd < best - 1e-15 or (abs(ssd - best) <= 1e-15 and abs(dy) + abs(dx) < sum(map(abs, best_d))):
+                    best, best_d = ssd, (dy, dx)
+        if tuple(np.rint(shift[r]).astype(int)) != best_d:
+            shift[r] = best_d
+            y0, y1 = max(0, -best_d[0]), min(ny, ny - best_d[0])
+            x0, x1 = max(0, -best_d[1]), min(nx, nx - best_d[1])
+            a = imgs[r, y0:y1, x0:x1].ravel()
+            b = ref[y0 + best_d[0] : y1 + best_d[0], x0 + best_d[1] : x1 + best_d[1]].ravel()
+            corr[r] = float(np.corrcoef(a, b)[0, 1]) if a.size > 1 else np.nan
+    return DriftEstimate(shift, None, corr, est.reference, est.upsample_factor, est.chained)
 
 
 def _accept_significant(images: np.ndarray, est: DriftEstimate, smooth_sigma: float) -> DriftEstimate:
@@ -651,9 +721,11 @@ def _accept_significant(images: np.ndarray, est: DriftEstimate, smooth_sigma: fl
 
 def _block_task_args(
     reader: FrameReader, table: np.ndarray, shift: np.ndarray, layout: StripLayout, repeat_period: float,
-    n_buffers: int, two_time_max: int, rows: tuple[int, int], cols: tuple[int, int],
+    n_buffers: int, two_time_max: int, finite_run: bool, flat_field: bool, shared_contrast: bool,
+    profile: np.ndarray, rows: tuple[int, int], cols: tuple[int, int],
 ) -> BlockResult:  # fmt: skip
-    return _block_task(reader, table, shift, rows, cols, layout, repeat_period, n_buffers, two_time_max)
+    return _block_task(reader, table, shift, rows, cols, layout, repeat_period, n_buffers, two_time_max,
+                       finite_run, flat_field, shared_contrast, profile)
 
 
 def _assemble(
@@ -702,7 +774,9 @@ def _assemble(
     g2_ens[~np.isfinite(g2_ens)] = np.nan
     two_time[~np.isfinite(two_time)] = np.nan
     ens_sigma = np.broadcast_to((1.0 / np.sqrt(np.maximum(first.n_pairs, 1)))[:, None], g2_ens.T.shape)
-    ens_fit = fit_kww(first.lags, g2_ens.T, time_per_lag=scan.repeat_period, sigma=ens_sigma)
+    kernel = estimator_kernel(first.lags, first.level, first.n_pairs) if opts.finite_run else None
+    ens_fit = fit_kww(first.lags, g2_ens.T, time_per_lag=scan.repeat_period, sigma=ens_sigma, kernel=kernel,
+                      pooled=np.maximum(kr_n, 1).astype(float))
 
     fitted = np.isfinite(maps["tau"])
     good = fitted & (flags == 0)

@@ -28,3 +28,24 @@ def test_low_dose_is_refused_with_the_counts_constraint(tmp_path):
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
     assert "counts" in text and "ECM acquisition refused" in text
+
+
+def test_defaults_meet_the_accuracy_conditions():
+    """The defaults of `run ecm` (CLI and ECMRunOptions agree) observe ≥ 10 τ with a time
+    sampling ≤ 0.05 τ at ≥ 1 e/pixel, and pass the plan's constraint check."""
+    import inspect
+
+    from speckleflow.plans.ecm import check_ecm_constraints
+    from speckleflow.services.cli.main import run_ecm_command
+    from speckleflow.services.run_ecm import ECMRunOptions
+
+    opts = ECMRunOptions()
+    cli = {k: p.default for k, p in inspect.signature(run_ecm_command).parameters.items()}
+    for name in ("nx", "ny", "repeats", "frame_rate", "dose", "tau"):
+        assert cli[name] == getattr(opts, name), name
+    sampling = opts.nx * opts.ny / opts.frame_rate
+    assert sampling <= 0.05 * opts.tau
+    assert opts.repeats * sampling >= 10 * opts.tau
+    assert opts.dose >= 1
+    checks = check_ecm_constraints(opts.nx, opts.ny, opts.frame_rate, expected_tau=opts.tau, dose=opts.dose)
+    assert all(c.satisfied for c in checks)
