@@ -260,5 +260,8 @@ def print_summary(result: PtychoRunResult, console: Console, data_dir: Path) -> 
             f"Tiled: {result.tiled_uri}\n"
             f"  raw run:   raw/{result.uid} (primary: celeritas_image, celeritas_scan_ix/iy; truth: atom "
             "positions per configuration, Green's tensor)\n"
-            f"  cache:     {result.cache_path}"
+            f"  cache:     {result.cache_path}\n"
+            f"Reconstruct it (mixed-object multislice ptychography, then the lattice analysis against "
+            f"the truth):\n  speckleflow process ptycho {result.uid[:8]} --data-dir {data_dir} --states 10 "
+            "(or --tiled-uri/--api-key for the server the run went to)"
         )
