@@ -67,6 +67,7 @@ class RunResult:
     tiled_uri: str
     worker_status: dict[str, dict[str, Any]]
     gaps: list[dict[str, Any]]
+    raw_record: Any = None
     processing: Any = None
     phase: Any = None
 
@@ -79,6 +80,7 @@ class _RunMonitor:
         self.frames = 0
         self.truth_state: int | None = None
         self.exit_status = "not started"
+        self.stop: dict[str, Any] | None = None
         self._truth_desc: set[str] = set()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
@@ -96,6 +98,7 @@ class _RunMonitor:
                 self.frames += 1
         elif name == "stop":
             self.exit_status = doc.get("exit_status", "unknown")
+            self.stop = dict(doc)
 
 
 def _status_table(session: LiveSession, monitor: _RunMonitor) -> Table:
@@ -214,6 +217,9 @@ def run_cci(
         result_uid = monitor.uid
         if result_uid:
             gaps = session.mark_dead_workers(result_uid, monitor.frames)
+        raw_check = None
+        if result_uid and monitor.stop is not None:
+            raw_check = _finalize_raw_record(session, result_uid, monitor.stop, data_dir, console)
         if result_uid and monitor.frames:  # an aborted run may have no primary stream yet
             try:
                 frames_in_raw = session.raw_frame_count(result_uid, ccd.image_key)
@@ -228,6 +234,7 @@ def run_cci(
             tiled_uri=session.tiled_uri,
             worker_status={k: h.status for k, h in session.workers.items()},
             gaps=gaps,
+            raw_record=raw_check,
         )
         print_summary(result, console, data_dir.root)
         if opts.process and result.exit_status == "success" and result_uid:
@@ -239,6 +246,26 @@ def run_cci(
         session.stop(keep_tiled=keep)
         if keep and session.tiled is not None:
             serve_until_interrupted(session, console)
+
+
+def _finalize_raw_record(
+    session: LiveSession, uid: str, stop: dict[str, Any], data_dir: DataDirectory, console: Console
+) -> Any:
+    """Check raw/<uid>; replay TiledWriter's backup if it wrote one; a failure is reported."""
+    from .raw_record import finalize_raw_record
+
+    try:
+        check = finalize_raw_record(session.client, uid, stop, data_dir.backup)
+    except Exception as exc:  # noqa: BLE001 - Tiled still down: the backup stays for `speckleflow replay`
+        console.print(f"[red]could not check the raw record in Tiled ({exc}); replay later with "
+                      f"`speckleflow replay {data_dir.backup}`[/red]")
+        return None
+    if check.status == "replayed":
+        console.print(f"raw record: Tiled failed during the run; replayed from {check.backup}")
+    elif not check.complete:
+        console.print(f"[red]raw record incomplete in Tiled: missing {check.missing}; backup "
+                      f"{check.backup or 'none'}[/red]")
+    return check
 
 
 def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, console: Console) -> Any:

@@ -503,6 +503,57 @@ def serve_command(
         raise typer.Exit(1) from exc
 
 
+@app.command("replay")
+def replay_command(
+    backup_dir: Annotated[
+        Path, typer.Argument(help="TiledWriter's backup directory (DATA_DIR/backup), or one *.jsonl file in it.")
+    ],
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Write runs that TiledWriter could not write (Tiled was down) from its backup into raw/.
+
+    Each backed-up run (one *.jsonl file per run) replaces the partial raw/<uid> left by the
+    failed write; the detector files are registered again where they are. A replayed file
+    is renamed *.jsonl.replayed. Exit status 1 if any file could not be replayed.
+    """
+    from rich.console import Console
+    from speckleflow.services.raw_record import (
+        RECORD_KEY,
+        check_raw_run,
+        read_backup,
+        replay_backup,
+    )
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    files = [backup_dir] if backup_dir.is_file() else sorted(backup_dir.glob("*.jsonl"))
+    if not files:
+        console.print(f"no *.jsonl backup in {backup_dir}")
+        return
+    failed = 0
+    with tiled_client(data_dir, tiled_uri, api_key) as client:
+        for path in files:
+            try:
+                stop = next((doc for name, doc in read_backup(path) if name == "stop"), {})
+                uid = replay_backup(client, path)
+                check = check_raw_run(client, uid, dict(stop.get("num_events") or {}))
+                if check.complete:
+                    check.status = "replayed"
+                    path.rename(path.with_suffix(".jsonl.replayed"))
+                check.backup = path
+                client["raw"][uid].update_metadata(metadata={RECORD_KEY: check.as_metadata()}, drop_revision=True)
+                console.print(f"{path.name}: raw/{uid} {check.status}"
+                              + ("" if check.has_stop else " (the backup has no stop document)"))
+                failed += not check.complete
+            except (ValueError, OSError, KeyError) as exc:
+                failed += 1
+                console.print(f"[red]{path.name}: not replayed: {exc}[/red]")
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("worker")
 def worker_command(
     kind: Annotated[
@@ -518,6 +569,14 @@ def worker_command(
     detector: Annotated[
         str | None, typer.Option(help="Detector (bus stream) to use; default ccd (fth, cci), celeritas (g2).")
     ] = None,
+    rcvhwm: Annotated[
+        int, typer.Option(min=1, help="Receive high-water mark of the bus socket (messages); beyond it frames "
+                          "are dropped and counted as gaps, so queued memory stays bounded.")
+    ] = 10_000,
+    debug_frame_delay: Annotated[
+        float, typer.Option(min=0.0, help="Debugging and fault tests only: an artificial delay per frame (s) "
+                            "that makes this worker a slow consumer. 0 adds nothing.")
+    ] = 0.0,
 ) -> None:
     """One online worker process (what `speckleflow run` starts and compose.yaml runs).
 
@@ -554,6 +613,8 @@ def worker_command(
         results=results,
         curve=CurveConfig.from_env(),
         run_documents=tiled_run_documents(lambda: from_uri(tiled_uri, api_key=api_key)),
+        rcvhwm=rcvhwm,
+        frame_delay_s=debug_frame_delay,
     )
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())

@@ -105,6 +105,15 @@ class Worker:
     run_documents : callable, optional
         Fetches the start document and descriptors of a run whose start this worker
         never saw (see :data:`RunDocuments`); without it such frames are dropped.
+    frame_delay_s : float
+        Debugging and fault tests only: an artificial delay, seconds per frame, before
+        each batch reaches the unit — a slow consumer on demand (``speckleflow worker
+        --debug-frame-delay``). 0 (the default) adds nothing.
+
+    Raises
+    ------
+    ValueError
+        If ``frame_delay_s`` is negative or not a number.
     """
 
     def __init__(
@@ -119,7 +128,10 @@ class Worker:
         tiled_status_interval: float = 1.0,
         curve: CurveConfig | None = None,
         run_documents: RunDocuments | None = None,
+        frame_delay_s: float = 0.0,
     ) -> None:
+        if not frame_delay_s >= 0:
+            raise ValueError(f"frame_delay_s must be >= 0 s, got {frame_delay_s!r}")
         self.unit = unit
         self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
         self.run_documents = run_documents
@@ -135,6 +147,10 @@ class Worker:
         self.frames_seen = 0
         self.frames_processed = 0
         self.dropped: Counter[str] = Counter()
+        #: Frames lost at the end of a stream (after its last received frame), per
+        #: stream, known from the stop's ``frames_published``; included in ``missed``.
+        self.tail_missed: Counter[str] = Counter()
+        self.frame_delay_s = float(frame_delay_s)
         self.heartbeat_seen = False
         self.last_frame_ts: float | None = None
         self.lag_s = 0.0
@@ -221,10 +237,22 @@ class Worker:
         elif name == "descriptor" and doc.get("run_start") in self.runs_seen:
             self.unit.descriptor(doc)
         elif name == "stop" and doc.get("run_start") in self.runs_seen:
+            self._close_streams(doc["run_start"], msg.frames_published or {})
             self.unit.stop_run(doc)
             self.run_state = f"stopped ({doc.get('exit_status')})"
             self.publish_run_status(final=True)
             self.push_status()
+
+    def _close_streams(self, run_uid: str, frames_published: dict[str, int]) -> None:
+        """Count the frames lost after each stream's last received one (the tail gap)."""
+        for stream, total in frames_published.items():
+            tail = self.receiver.tracker.close(run_uid, stream, total)
+            if tail:
+                self.tail_missed[stream] += tail
+                log.warning(
+                    "%s: run %s stream %s ended with %d frame(s) lost after the last one received "
+                    "(%d published)", self.unit.kind, run_uid, stream, tail, total,
+                )
 
     def _begin_run(self, uid: str, start: dict[str, Any]) -> None:
         self.run_uid = uid
@@ -287,6 +315,9 @@ class Worker:
         if msg.frames.dtype.kind == "f" and not np.isfinite(msg.frames).all():
             self._drop("non-finite values (NaN or inf)", n, f"{header.stream} seq {header.seq}")
             return
+        if self.frame_delay_s:
+            # The simulated slow computation (debug option), not synchronisation.
+            self.stop_event.wait(self.frame_delay_s * n)
         used = self.unit.frames(msg)
         self.frames_processed += used
         if used < n:
@@ -306,6 +337,7 @@ class Worker:
             "missed": counters["missed"],
             "gaps": counters["gaps"],
             "documents_missed": counters["documents_missed"],
+            "tail_missed": counters["tail_missed"],
             "decode_errors": counters["decode_errors"],
             "dropped": dict(self.dropped),
             "lag_s": round(self.lag_s, 4),
@@ -327,6 +359,7 @@ class Worker:
             "missed": bus.get("missed", 0) - docs_missed,
             "gaps": bus.get("gaps", 0) - docs_gaps,
             "documents_missed": docs_missed,
+            "tail_missed": sum(self.tail_missed.values()),
             "decode_errors": sum(bus.get("decode_errors", {}).values()),
             "dropped": dict(self.dropped),
         }

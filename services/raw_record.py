@@ -1,0 +1,254 @@
+"""The raw record across a Tiled outage: check it, replay TiledWriter's backup, or say it is incomplete.
+
+TiledWriter (bluesky-tiled-plugins) writes ``raw/<uid>``. The Tiled client retries a
+request that could not connect (about 20 s of backoff), so a short outage only delays
+the RunEngine. A longer one fails a write: TiledWriter then abandons ``raw/<uid>`` for
+the rest of the run and writes every document of the run, from its start, to a JSON
+Lines file in its ``backup_directory`` (``<first block of the uid>.jsonl``, one
+``{"name": ..., "doc": ...}`` per line). The library has no replay function; this module
+is the replay, and the end-of-run check that decides between:
+
+* complete — every stream holds ``num_events`` rows per data key and the stop document;
+* replayed — the backup existed: the partial ``raw/<uid>`` is deleted and the run is
+  written again from the backup (detector files stay where they are; only their
+  registration is redone), then checked;
+* incomplete — Tiled is reachable but the run is short and cannot be replayed: the run's
+  metadata says ``speckleflow_raw_record: {status: incomplete, missing, backup}`` with
+  the missing row ranges per stream and data key, and the backup path to replay later
+  (``speckleflow replay <backup-dir>``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .layout import RAW
+
+log = logging.getLogger(__name__)
+
+#: Metadata key of raw/<uid> holding the outcome of the end-of-run check.
+RECORD_KEY = "speckleflow_raw_record"
+
+__all__ = [
+    "RECORD_KEY",
+    "RawRecordCheck",
+    "backup_file",
+    "check_raw_run",
+    "finalize_raw_record",
+    "read_backup",
+    "replay_backup",
+]
+
+
+@dataclass
+class RawRecordCheck:
+    """What ``raw/<uid>`` in Tiled holds against what the run produced.
+
+    Attributes
+    ----------
+    uid : str
+        Run uid.
+    status : str
+        ``"complete"``, ``"replayed"`` (complete after a replay of the backup) or
+        ``"incomplete"``.
+    expected : dict of str to int
+        Events per stream, from the stop document's ``num_events``.
+    missing : dict
+        ``{stream: {data_key: [[first_row, last_row], ...]}}``: 0-based row ranges
+        absent from Tiled; ``{"stop": ...}`` entries are not used — ``has_stop``
+        says whether the stop document is there.
+    has_stop : bool
+        Whether ``raw/<uid>`` holds the stop document.
+    backup : Path or None
+        TiledWriter's backup file of the run, if it wrote one.
+    """
+
+    uid: str
+    status: str
+    expected: dict[str, int]
+    missing: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
+    has_stop: bool = False
+    backup: Path | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.status in ("complete", "replayed")
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "expected_events": self.expected,
+            "missing": self.missing,
+            "has_stop": self.has_stop,
+            "backup": str(self.backup) if self.backup else None,
+        }
+
+
+def backup_file(backup_dir: str | Path, uid: str) -> Path:
+    """Where TiledWriter's ``backup_directory`` puts the documents of run ``uid``.
+
+    The name is the library's (``bluesky_tiled_plugins.writing._json_writer.default_name``):
+    the uid's first ``-``-separated block plus ``.jsonl``.
+    """
+    if not isinstance(uid, str) or not uid:
+        raise ValueError(f"uid must be a non-empty string, got {uid!r}")
+    return Path(backup_dir) / f"{uid.split('-')[0]}.jsonl"
+
+
+def read_backup(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The ``(name, doc)`` pairs of a TiledWriter JSON Lines backup, in order.
+
+    Raises
+    ------
+    ValueError
+        If a line is not a ``{"name": str, "doc": dict}`` object (the message names
+        the file and line).
+    """
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                name, doc = item["name"], item["doc"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{i} is not a backed-up document: {exc}") from exc
+            if not isinstance(name, str) or not isinstance(doc, dict):
+                raise ValueError(f"{path}:{i} is not a backed-up document: name {name!r}")  # noqa: TRY004 - bad file content
+            yield name, doc
+
+
+def check_raw_run(client: Any, uid: str, expected: dict[str, int]) -> RawRecordCheck:
+    """Compare ``raw/<uid>`` with ``expected`` events per stream (rows per data key).
+
+    Parameters
+    ----------
+    client : tiled client
+        Server root.
+    uid : str
+        Run uid.
+    expected : dict of str to int
+        Events per stream (the stop document's ``num_events``).
+
+    Returns
+    -------
+    RawRecordCheck
+        ``status`` ``"complete"`` or ``"incomplete"``; ``backup`` unset.
+    """
+    raw = client[RAW]
+    if uid not in raw:
+        missing = {s: {"*": [[0, n - 1]]} for s, n in expected.items() if n}
+        return RawRecordCheck(uid, "incomplete", dict(expected), missing, False)
+    run = raw[uid]
+    has_stop = bool(run.metadata.get("stop"))
+    streams = set(run.keys())
+    missing: dict[str, dict[str, list[list[int]]]] = {}
+    for stream, n in expected.items():
+        if not n:
+            continue
+        if stream not in streams:
+            missing[stream] = {"*": [[0, n - 1]]}
+            continue
+        node = run[stream]
+        for key in list(node):
+            have = int(node[key].shape[0])
+            if have < n:  # TiledWriter appends in order: what is missing is a tail
+                missing.setdefault(stream, {})[key] = [[have, n - 1]]
+    status = "complete" if has_stop and not missing else "incomplete"
+    return RawRecordCheck(uid, status, dict(expected), missing, has_stop)
+
+
+def replay_backup(client: Any, path: str | Path, *, batch_size: int = 50) -> str:
+    """Write a run from TiledWriter's backup file into ``raw/`` again.
+
+    A partial ``raw/<uid>`` (what TiledWriter wrote before it gave up) is deleted
+    first; detector files are not touched (only their registration is redone).
+
+    Parameters
+    ----------
+    client : tiled client
+        Server root (a key that may write and delete).
+    path : str or Path
+        The backup file (``*.jsonl``).
+    batch_size : int
+        Events per write, as for TiledWriter.
+
+    Returns
+    -------
+    str
+        The uid of the replayed run.
+
+    Raises
+    ------
+    ValueError
+        If the file holds no start document first.
+    """
+    from bluesky_tiled_plugins import TiledWriter
+
+    docs = list(read_backup(path))
+    if not docs or docs[0][0] != "start":
+        raise ValueError(f"{path} does not begin with a start document")
+    uid = docs[0][1]["uid"]
+    raw = client[RAW]
+    if uid in raw:
+        raw[uid].delete(recursive=True, external_only=False)
+    writer = TiledWriter(raw, batch_size=batch_size)
+    for name, doc in docs:
+        writer(name, doc)
+    return uid
+
+
+def _mark(client: Any, check: RawRecordCheck) -> None:
+    client[RAW][check.uid].update_metadata(metadata={RECORD_KEY: check.as_metadata()}, drop_revision=True)
+
+
+def finalize_raw_record(
+    client: Any, uid: str, stop: dict[str, Any], backup_dir: str | Path, *, replay: bool = True
+) -> RawRecordCheck:
+    """End-of-run check of ``raw/<uid>``: complete, replayed from the backup, or marked incomplete.
+
+    Parameters
+    ----------
+    client : tiled client
+        Server root.
+    uid : str
+        Run uid.
+    stop : dict
+        The run's stop document (``num_events`` gives the expected rows).
+    backup_dir : str or Path
+        TiledWriter's ``backup_directory``.
+    replay : bool
+        Replay the backup now if TiledWriter wrote one (else only mark the run).
+
+    Returns
+    -------
+    RawRecordCheck
+        Also written into ``raw/<uid>`` metadata under :data:`RECORD_KEY` whenever
+        the run exists there. Errors reaching Tiled propagate (the caller reports
+        them; the backup file stays for a later ``speckleflow replay``).
+    """
+    expected = {str(k): int(v) for k, v in (stop.get("num_events") or {}).items()}
+    backup = backup_file(backup_dir, uid)
+    backup = backup if backup.is_file() else None
+    if backup is not None and replay:
+        log.warning("raw/%s was not fully written; replaying TiledWriter's backup %s", uid, backup)
+        replay_backup(client, backup)
+        check = check_raw_run(client, uid, expected)
+        if check.complete:
+            check.status = "replayed"
+            replayed = backup.with_suffix(".jsonl.replayed")
+            backup.rename(replayed)
+            backup = replayed
+    else:
+        check = check_raw_run(client, uid, expected)
+        if backup is not None:
+            check.status = "incomplete"
+    check.backup = backup
+    if uid in client[RAW]:
+        _mark(client, check)
+    return check
