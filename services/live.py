@@ -62,6 +62,11 @@ class LiveSession:
         directory must then lie inside that server's readable storage.
     host : str
         Bind interface (127.0.0.1 by default).
+    worker_args : dict, optional
+        Extra command-line arguments per worker kind (e.g. ``--rcvhwm``).
+    bus_hwm : int, optional
+        High-water mark of the proxy's sockets, in messages (default the proxy's):
+        how much the proxy queues for a slow worker before ZeroMQ drops.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class LiveSession:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         worker_args: dict[str, list[str]] | None = None,
+        bus_hwm: int | None = None,
     ) -> None:
         if tiled_uri and not api_key:
             raise ValueError("--tiled-uri needs --api-key (a key that may write)")
@@ -80,6 +86,9 @@ class LiveSession:
         self.host = host
         self.worker_kinds = tuple(workers)
         self.worker_args = worker_args or {}
+        if bus_hwm is not None and bus_hwm < 1:
+            raise ValueError(f"bus_hwm must be >= 1 message, got {bus_hwm}")
+        self.bus_hwm = bus_hwm
         self.external_uri = tiled_uri
         self.api_key = api_key or data_dir.api_key()
         self.tiled: EmbeddedTiled | None = None
@@ -119,7 +128,8 @@ class LiveSession:
         self.backend = f"tcp://{self.host}:{bport}"
         self.proxy = ChildProcess(
             "proxy",
-            [sys.executable, "-m", "speckleflow.streaming.proxy", "--frontend", self.frontend, "--backend", self.backend],
+            [sys.executable, "-m", "speckleflow.streaming.proxy", "--frontend", self.frontend, "--backend", self.backend,
+             *(["--hwm", str(self.bus_hwm)] if self.bus_hwm else [])],
             self.data_dir.logs / "proxy.log",
         ).start()
 
