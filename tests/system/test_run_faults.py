@@ -303,6 +303,10 @@ def test_tiled_server_restarted_mid_run_loses_nothing(tmp_path):
     def kill_then_restart(session, name, doc):
         if name == "descriptor" and doc["name"] == "primary":
             primary.add(doc["uid"])
+        if name == "stop" and "thread" in outage:
+            # The run ends only once the server is back (a loaded machine takes long to
+            # start Tiled): what TiledWriter failed to write must then be replayed.
+            outage["thread"].join(timeout=300)
         if name != "event" or doc["descriptor"] not in primary:
             return
         if doc["seq_num"] == 10 and "killed" not in outage:
