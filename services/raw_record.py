@@ -33,9 +33,13 @@ log = logging.getLogger(__name__)
 
 #: Metadata key of raw/<uid> holding the outcome of the end-of-run check.
 RECORD_KEY = "speckleflow_raw_record"
+#: Metadata key of raw/<uid> holding the frames the bus publisher sent per frame stream.
+FRAMES_PUBLISHED_KEY = "speckleflow_frames_published"
 
 __all__ = [
+    "FRAMES_PUBLISHED_KEY",
     "RECORD_KEY",
+    "FramesPublishedNote",
     "RawRecordCheck",
     "backup_file",
     "check_raw_run",
@@ -87,6 +91,38 @@ class RawRecordCheck:
             "has_stop": self.has_stop,
             "backup": str(self.backup) if self.backup else None,
         }
+
+
+class FramesPublishedNote:
+    """RunEngine callback: at a stop, note the frames put on the bus per stream in ``raw/<uid>``.
+
+    The stop's bus message carries the same counts (``frames_published``), but a slow
+    worker may lose that message at a high-water mark; it then reads the stop document
+    from the raw record and this note with it, and still counts the frames lost at the
+    end of each stream. Subscribe it after TiledWriter (``raw/<uid>`` must exist). A
+    failure to write is logged, never raised into the RunEngine.
+
+    Parameters
+    ----------
+    publisher : BusPublisher
+        The run's bus publisher (its :meth:`frames_published`).
+    client : tiled client
+        Server root (a key that may write).
+    """
+
+    def __init__(self, publisher: Any, client: Any) -> None:
+        self.publisher = publisher
+        self.client = client
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name != "stop":
+            return
+        uid = doc.get("run_start")
+        try:
+            counts = self.publisher.frames_published(uid)
+            self.client[RAW][uid].update_metadata(metadata={FRAMES_PUBLISHED_KEY: counts}, drop_revision=True)
+        except Exception as exc:  # noqa: BLE001 - Tiled may be down; the bus message has the counts too
+            log.warning("could not note the frames published of run %s in raw/%s: %s", uid, uid, exc)
 
 
 def backup_file(backup_dir: str | Path, uid: str) -> Path:

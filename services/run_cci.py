@@ -136,9 +136,10 @@ def run_cci(
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
     from bluesky_tiled_plugins import TiledWriter
-
     from speckleflow.devices import HelicityCCD, MagneticSample
     from speckleflow.plans import cci_series
+
+    from .raw_record import FramesPublishedNote
 
     data_dir = DataDirectory.create(opts.data_dir)
     session = LiveSession(
@@ -178,6 +179,7 @@ def run_cci(
         if on_document is not None:
             RE.subscribe(lambda name, doc: on_document(session, name, doc))
         RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # after TiledWriter
 
         progress = Progress(
             TextColumn("{task.description}"),

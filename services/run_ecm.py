@@ -168,6 +168,8 @@ def run_ecm(
     from bluesky_tiled_plugins import TiledWriter
     from speckleflow.devices import Celeritas, LiquidSample, ScanController
 
+    from .raw_record import FramesPublishedNote
+
     data_dir = DataDirectory.create(opts.data_dir)
     sample = LiquidSample(
         (opts.ny, opts.nx), detector_shape=(opts.detector_rows, opts.detector_cols), tau_median=opts.tau,
@@ -203,6 +205,7 @@ def run_ecm(
         RE.subscribe(session.publisher)
         RE.subscribe(monitor)
         RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # after TiledWriter
 
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -231,7 +231,7 @@ class BusPublisher:
                 published = {
                     stream: n for (uid, stream), n in self._next_seq.items()
                     if uid == run_uid and stream != DOCUMENT_STREAM
-                }
+                }  # as frames_published(), already under the lock
             self._socket.send_multipart(
                 _document_parts(name, body, run_uid, seq, frames_published=published)
             )
@@ -277,6 +277,14 @@ class BusPublisher:
             self._socket.send_multipart(encode_heartbeat(self.name, seq, run_uid=run_uid))
             self._heartbeats = seq + 1
         return seq
+
+    def frames_published(self, run_uid: str) -> dict[str, int]:
+        """Frames this publisher sent per frame stream of run ``run_uid`` (during or after it)."""
+        with self._lock:
+            return {
+                stream: n for (uid, stream), n in self._next_seq.items()
+                if uid == run_uid and stream != DOCUMENT_STREAM
+            }
 
     def next_seq(self, run_uid: str, stream: str) -> int:
         """Sequence number the next frame (or document) of this stream will get."""

@@ -604,7 +604,7 @@ def worker_command(
         from speckleflow.services.workers.fth_worker import FTHPreviewUnit
 
         unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate, detector=detector or "ccd")
-    from speckleflow.services.workers.resume import tiled_run_documents
+    from speckleflow.services.workers.resume import tiled_run_documents, tiled_run_stop
 
     worker = Worker(
         unit,
@@ -613,6 +613,7 @@ def worker_command(
         results=results,
         curve=CurveConfig.from_env(),
         run_documents=tiled_run_documents(lambda: from_uri(tiled_uri, api_key=api_key)),
+        run_stop=tiled_run_stop(lambda: from_uri(tiled_uri, api_key=api_key)),
         rcvhwm=rcvhwm,
         frame_delay_s=debug_frame_delay,
     )

@@ -160,6 +160,7 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         MagneticSample,
         ScanController,
     )
+    from speckleflow.services.raw_record import FramesPublishedNote
     from tiled.client import from_uri
 
     s = settings or QueueProfileSettings()  # type: ignore[call-arg]
@@ -183,6 +184,7 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
     RE = RunEngine({})
     RE.subscribe(publisher)
     RE.subscribe(TiledWriter(client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+    RE.subscribe(FramesPublishedNote(publisher, client))  # after TiledWriter
     RE.md["sample"] = {
         "source": sample.states.source,
         "n_states": sample.n_states,

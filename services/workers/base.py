@@ -18,6 +18,16 @@ frame of such a run it asks ``run_documents`` (normally :func:`tiled_run_documen
 the start document and stream descriptors TiledWriter stored in ``raw/<uid>``) and,
 once it has them, resumes with the following frames; the frames it missed before are
 the gap its receiver counts (a stream first seen at ``seq = k`` has missed ``k``).
+
+Documents and frames share the bus and its high-water marks, so a slow worker can lose
+a stop document with the frames around it, and nothing on the bus would ever end its
+run. The raw record is the fallback here too: while a run is open and its messages have
+stopped for :data:`STOP_QUIET_S`, or when the next run starts, the worker asks
+``run_stop`` (normally :func:`tiled_run_stop`: the stop document TiledWriter stored in
+``raw/<uid>`` and the frames published per stream the orchestrator noted next to it)
+and closes the run with it; the status then says ``stop_source: "raw record"``. A run
+whose stop cannot be found by the time the next run starts is closed with exit status
+``unknown``.
 """
 
 from __future__ import annotations
@@ -51,8 +61,15 @@ log = logging.getLogger(__name__)
 #: late, or None while they are not available (yet).
 RunDocuments = Callable[[str], "tuple[dict[str, Any], list[dict[str, Any]]] | None"]
 
+#: ``run_stop(run_uid)`` → ``(stop, frames_published or None)`` once the run's stop
+#: document is in the raw record, else None.
+RunStop = Callable[[str], "tuple[dict[str, Any], dict[str, int] | None] | None"]
+
 #: Seconds between two attempts to fetch the documents of the same unknown run.
 RESUME_RETRY_S = 1.0
+#: Seconds without a message of the open run after which the worker looks for its stop
+#: document in the raw record (it may have been dropped at a high-water mark).
+STOP_QUIET_S = 2.0
 #: Seconds between two log lines about the same drop reason.
 DROP_LOG_INTERVAL_S = 5.0
 
@@ -105,6 +122,11 @@ class Worker:
     run_documents : callable, optional
         Fetches the start document and descriptors of a run whose start this worker
         never saw (see :data:`RunDocuments`); without it such frames are dropped.
+    run_stop : callable, optional
+        Fetches the stop document of a run from the raw record when the bus lost it
+        (see :data:`RunStop`); without it such a run stays open until the next starts.
+    stop_quiet_s : float
+        Seconds without a message of the open run before ``run_stop`` is asked.
     frame_delay_s : float
         Debugging and fault tests only: an artificial delay, seconds per frame, before
         each batch reaches the unit — a slow consumer on demand (``speckleflow worker
@@ -128,6 +150,8 @@ class Worker:
         tiled_status_interval: float = 1.0,
         curve: CurveConfig | None = None,
         run_documents: RunDocuments | None = None,
+        run_stop: RunStop | None = None,
+        stop_quiet_s: float = STOP_QUIET_S,
         frame_delay_s: float = 0.0,
     ) -> None:
         if not frame_delay_s >= 0:
@@ -135,6 +159,13 @@ class Worker:
         self.unit = unit
         self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
         self.run_documents = run_documents
+        self.run_stop = run_stop
+        self.stop_quiet_s = float(stop_quiet_s)
+        #: Where the open run's last message arrived (monotonic s) and when its stop was
+        #: last looked for in the raw record.
+        self._last_run_msg = time.monotonic()
+        self._stop_attempt = 0.0
+        self.stop_source = ""
         self.resumed_runs: set[str] = set()
         self._resume_attempt: dict[str, float] = {}
         self._last_drop_log: dict[str, float] = {}
@@ -175,6 +206,7 @@ class Worker:
                 msg = self.receiver.recv(timeout_ms=50)
                 if msg is not None:
                     self._dispatch(msg)
+                self._check_quiet_run()
                 now = time.time()
                 try:
                     self.unit.tick(now)
@@ -235,13 +267,62 @@ class Worker:
                 return
             self._begin_run(uid, doc)
         elif name == "descriptor" and doc.get("run_start") in self.runs_seen:
+            if doc.get("run_start") == self.run_uid:
+                self._last_run_msg = time.monotonic()
             self.unit.descriptor(doc)
-        elif name == "stop" and doc.get("run_start") in self.runs_seen:
-            self._close_streams(doc["run_start"], msg.frames_published or {})
-            self.unit.stop_run(doc)
-            self.run_state = f"stopped ({doc.get('exit_status')})"
-            self.publish_run_status(final=True)
-            self.push_status()
+        elif name == "stop" and doc.get("run_start") == self.run_uid and self.run_state == "running":
+            self._end_run(doc, msg.frames_published or {}, "bus")
+
+    def _end_run(self, stop: dict[str, Any], frames_published: dict[str, int], source: str) -> None:
+        """Close the open run with its stop document (from the bus or the raw record)."""
+        assert self.run_uid is not None
+        self._close_streams(self.run_uid, frames_published)
+        self.stop_source = source
+        self.unit.stop_run(stop)
+        self.run_state = f"stopped ({stop.get('exit_status')})"
+        self.publish_run_status(final=True)
+        self.push_status()
+
+    def _fetch_stop(self, uid: str) -> tuple[dict[str, Any], dict[str, int] | None] | None:
+        if self.run_stop is None:
+            return None
+        self._stop_attempt = time.monotonic()
+        try:
+            return self.run_stop(uid)
+        except Exception as exc:  # noqa: BLE001 - Tiled may be down; retry later
+            log.warning("%s: could not look for the stop document of run %s: %s", self.unit.kind, uid, exc)
+            return None
+
+    def _check_quiet_run(self) -> None:
+        """An open run whose messages stopped: look for its stop document in the raw record."""
+        if self.run_state != "running" or self.run_uid is None or self.run_stop is None:
+            return
+        now = time.monotonic()
+        if now - self._last_run_msg < self.stop_quiet_s or now - self._stop_attempt < RESUME_RETRY_S:
+            return
+        found = self._fetch_stop(self.run_uid)
+        if found is not None:
+            self._stop_from_record(found)
+
+    def _stop_from_record(self, found: tuple[dict[str, Any], dict[str, int] | None]) -> None:
+        stop, frames_published = found
+        log.warning(
+            "%s: the stop document of run %s never arrived on the bus; read it back from the raw record%s",
+            self.unit.kind, self.run_uid, "" if frames_published is not None else " (frames published unknown)",
+        )
+        self._end_run(stop, frames_published or {}, "raw record")
+
+    def _close_missed_stop(self, uid: str) -> None:
+        """The next run started while ``uid`` was open: close it from the raw record, else as unknown."""
+        found = self._fetch_stop(uid)
+        if found is not None:
+            self._stop_from_record(found)
+            return
+        log.warning("%s: run %s ended without a stop document on the bus or in the raw record", self.unit.kind, uid)
+        self._end_run(
+            {"run_start": uid, "exit_status": "unknown", "reason": "no stop document before the next run started"},
+            {}, "none",
+        )
 
     def _close_streams(self, run_uid: str, frames_published: dict[str, int]) -> None:
         """Count the frames lost after each stream's last received one (the tail gap)."""
@@ -255,9 +336,13 @@ class Worker:
                 )
 
     def _begin_run(self, uid: str, start: dict[str, Any]) -> None:
+        if self.run_state == "running" and self.run_uid is not None and self.run_uid != uid:
+            self._close_missed_stop(self.run_uid)
         self.run_uid = uid
         self.runs_seen.add(uid)
         self.run_state = "running"
+        self.stop_source = ""
+        self._last_run_msg = time.monotonic()
         self._run_base = self._counters()
         self.unit.start_run(uid, start)
 
@@ -298,6 +383,8 @@ class Worker:
         self.frames_seen += n
         self.last_frame_ts = header.ts
         self.lag_s = max(0.0, time.time() - header.ts)
+        if header.run_uid == self.run_uid:
+            self._last_run_msg = time.monotonic()
         if header.run_uid not in self.runs_seen:
             if not self._resume(header.run_uid):
                 self._drop("no start document for run", n, header.run_uid)
@@ -332,6 +419,7 @@ class Worker:
             "ready": self.heartbeat_seen,
             "run_uid": self.run_uid,
             "run_state": self.run_state,
+            "stop_source": self.stop_source,
             "frames_seen": self.frames_seen,
             "frames_processed": self.frames_processed,
             "missed": counters["missed"],
@@ -398,6 +486,7 @@ class Worker:
             worker=self.unit.kind,
             pid=os.getpid(),
             run_state=self.run_state,
+            stop_source=self.stop_source,
             lag_s=round(self.lag_s, 4),
             updated=now,
             results={**self.results.stats.as_dict(), "pending": self.results.pending},
