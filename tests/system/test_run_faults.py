@@ -66,6 +66,7 @@ def rig(session: LiveSession, publisher: Any = None):
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
     from speckleflow.devices import HelicityCCD, MagneticSample
+    from speckleflow.services.raw_record import FramesPublishedNote
 
     sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=1, detector_shape=(SIZE, SIZE))
     ccd = HelicityCCD(sample, session.data_dir.detector, publisher=publisher or session.publisher, name="ccd")
@@ -74,6 +75,7 @@ def rig(session: LiveSession, publisher: Any = None):
     RE.subscribe(session.publisher)
     RE.subscribe(docs)
     RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(session.data_dir.backup), batch_size=50))
+    RE.subscribe(FramesPublishedNote(session.publisher, session.client))
     return RE, ccd, docs
 
 
@@ -125,7 +127,7 @@ def figures(label: str, produced: int, in_raw: int, status: dict[str, Any]) -> s
         f"\n{label}: frames produced {produced}, in the raw record (Tiled) {in_raw}, seen by fth "
         f"{status['frames_seen']}, processed {status['frames_processed']}, missed {status['missed']} "
         f"(of which at the end of the stream {status.get('tail_missed', 0)}) in {status['gaps']} gap(s), "
-        f"dropped {status['dropped']}"
+        f"dropped {status['dropped']}, stop document from {status.get('stop_source') or '?'}"
     )
 
 
@@ -143,10 +145,16 @@ def test_pause_resume_abort_and_frames_lost_at_the_end(tmp_path):
         lossy = TailLossLink(session.publisher)
         RE, ccd, docs = rig(session, publisher=lossy)
 
-        # 1. Pause mid-run (deferred: at the next pair's checkpoint), then resume.
+        # 1. Pause mid-run (deferred: at the next pair's checkpoint), then resume. The
+        #    request comes from another thread, as an operator's does: request_pause
+        #    waits for the RunEngine's loop, so called from a document callback (which
+        #    runs in that loop) it would wait for itself.
+        operator: list[threading.Thread] = []
+
         def pause_midway(name, doc):
             if name == "event" and doc["descriptor"] in docs.primary and doc["seq_num"] == pairs:
-                RE.request_pause(defer=True)
+                operator.append(threading.Thread(target=RE.request_pause, kwargs={"defer": True}))
+                operator[-1].start()
 
         token = RE.subscribe(pause_midway)
         with pytest.raises(RunEngineInterrupted):
@@ -154,6 +162,7 @@ def test_pause_resume_abort_and_frames_lost_at_the_end(tmp_path):
         assert RE.state == "paused" and docs.stop is None
         paused_at = docs.frames
         RE.unsubscribe(token)
+        operator[-1].join(timeout=10)
         session.poll_status(100)
         assert session.workers["fth"].status.get("run_state") == "running"  # the run stays open
         RE.resume()
@@ -171,12 +180,14 @@ def test_pause_resume_abort_and_frames_lost_at_the_end(tmp_path):
         # 2. Abort mid-run: stop document 'abort', the worker closes the run with it.
         def abort_midway(name, doc):
             if name == "event" and doc["descriptor"] in docs.primary and doc["seq_num"] == pairs:
-                RE.request_pause(defer=False)
+                operator.append(threading.Thread(target=RE.request_pause, kwargs={"defer": False}))
+                operator[-1].start()
 
         token = RE.subscribe(abort_midway)
         with pytest.raises(RunEngineInterrupted):
             RE(cci_series(ccd, pairs, 0.5))
         RE.unsubscribe(token)
+        operator[-1].join(timeout=10)
         RE.abort(reason="fault test: operator abort")
         uid = docs.uid
         assert docs.stop["exit_status"] == "abort"
@@ -253,22 +264,11 @@ def test_slow_worker_in_a_live_run_bounded_drops_published_raw_complete(tmp_path
         worker = psutil.Process(session.workers["fth"].process.pid)
         rss: list[int] = []
 
-        def sample_and_drain(name, doc):
+        def sample_rss(name, doc):
             if name == "event" and doc["descriptor"] in docs.primary:
                 rss.append(worker.memory_info().rss)
-                if doc["seq_num"] == 2 * pairs:
-                    # Let the slow worker empty its queue before the stop document is
-                    # sent (it shares the high-water marks with the frames).
-                    seen: list[int] = []
 
-                    def drained() -> bool:
-                        session.poll_status(200)
-                        seen.append(session.workers["fth"].status.get("frames_seen", 0))
-                        return len(seen) >= 6 and len(set(seen[-6:])) == 1
-
-                    wait_until(drained, 60, interval=0.0, what="the slow worker to drain its queue")
-
-        RE.subscribe(sample_and_drain)
+        RE.subscribe(sample_rss)
         RE(cci_series(ccd, pairs, 0.5))
         uid = docs.uid
         status = worker_status(session, uid)
@@ -282,6 +282,9 @@ def test_slow_worker_in_a_live_run_bounded_drops_published_raw_complete(tmp_path
         assert status["frames_processed"] + status["missed"] == 2 * pairs
         assert growth < 32
         assert status["status"] == "final"  # these counters are what the worker published in Tiled
+        # The stop document shares the high-water marks with the frames: if it was lost,
+        # the worker read it back from raw/<uid> (with the frames published per stream).
+        assert status["stop_source"] in ("bus", "raw record")
 
 
 # --------------------------------------------------------------------------- Tiled restarted mid-run
