@@ -67,6 +67,9 @@ class LiveSession:
     bus_hwm : int, optional
         High-water mark of the proxy's sockets, in messages (default the proxy's):
         how much the proxy queues for a slow worker before ZeroMQ drops.
+    bus_sndbuf : int, optional
+        Kernel send buffer of the proxy's connection to each worker, bytes (default the
+        OS's, autotuned to megabytes).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class LiveSession:
         host: str = "127.0.0.1",
         worker_args: dict[str, list[str]] | None = None,
         bus_hwm: int | None = None,
+        bus_sndbuf: int | None = None,
     ) -> None:
         if tiled_uri and not api_key:
             raise ValueError("--tiled-uri needs --api-key (a key that may write)")
@@ -89,6 +93,9 @@ class LiveSession:
         if bus_hwm is not None and bus_hwm < 1:
             raise ValueError(f"bus_hwm must be >= 1 message, got {bus_hwm}")
         self.bus_hwm = bus_hwm
+        if bus_sndbuf is not None and bus_sndbuf < 1:
+            raise ValueError(f"bus_sndbuf must be >= 1 byte, got {bus_sndbuf}")
+        self.bus_sndbuf = bus_sndbuf
         self.external_uri = tiled_uri
         self.api_key = api_key or data_dir.api_key()
         self.tiled: EmbeddedTiled | None = None
@@ -129,7 +136,8 @@ class LiveSession:
         self.proxy = ChildProcess(
             "proxy",
             [sys.executable, "-m", "speckleflow.streaming.proxy", "--frontend", self.frontend, "--backend", self.backend,
-             *(["--hwm", str(self.bus_hwm)] if self.bus_hwm else [])],
+             *(["--hwm", str(self.bus_hwm)] if self.bus_hwm else []),
+             *(["--sndbuf", str(self.bus_sndbuf)] if self.bus_sndbuf else [])],
             self.data_dir.logs / "proxy.log",
         ).start()
 

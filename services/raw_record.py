@@ -46,6 +46,7 @@ __all__ = [
     "finalize_raw_record",
     "read_backup",
     "replay_backup",
+    "replay_file",
 ]
 
 
@@ -203,7 +204,9 @@ def replay_backup(client: Any, path: str | Path, *, batch_size: int = 50) -> str
     """Write a run from TiledWriter's backup file into ``raw/`` again.
 
     A partial ``raw/<uid>`` (what TiledWriter wrote before it gave up) is deleted
-    first; detector files are not touched (only their registration is redone).
+    first. Tiled deletes only what it manages itself (the event tables); the detector
+    files, registered as external assets, stay on disk and are registered again. The
+    run's ``speckleflow_*`` metadata (e.g. :data:`FRAMES_PUBLISHED_KEY`) is kept.
 
     Parameters
     ----------
@@ -226,17 +229,72 @@ def replay_backup(client: Any, path: str | Path, *, batch_size: int = 50) -> str
     """
     from bluesky_tiled_plugins import TiledWriter
 
+    from .workers.resume import plain
+
     docs = list(read_backup(path))
     if not docs or docs[0][0] != "start":
         raise ValueError(f"{path} does not begin with a start document")
     uid = docs[0][1]["uid"]
     raw = client[RAW]
+    kept: dict[str, Any] = {}
     if uid in raw:
+        kept = {k: v for k, v in raw[uid].metadata.items() if k.startswith("speckleflow_") and k != RECORD_KEY}
         raw[uid].delete(recursive=True, external_only=False)
     writer = TiledWriter(raw, batch_size=batch_size)
     for name, doc in docs:
         writer(name, doc)
+    if kept:
+        raw[uid].update_metadata(metadata=plain(kept), drop_revision=True)
     return uid
+
+
+def replay_file(client: Any, path: str | Path, *, batch_size: int = 50) -> RawRecordCheck:
+    """Replay one backup file if ``raw/<uid>`` needs it; check and mark the run; safe to repeat.
+
+    A run that is already complete in Tiled against the backup's stop document (e.g.
+    replayed before) is left as it is. A file whose run ends complete is renamed
+    ``*.jsonl.replayed``, so a backup directory is replayed once.
+
+    Parameters
+    ----------
+    client : tiled client
+        Server root (a key that may write and delete).
+    path : str or Path
+        The backup file.
+    batch_size : int
+        Events per write, as for TiledWriter.
+
+    Returns
+    -------
+    RawRecordCheck
+        ``status`` ``"complete"`` (nothing to replay), ``"replayed"`` or
+        ``"incomplete"`` (e.g. the backup has no stop document); also written into
+        ``raw/<uid>`` metadata under :data:`RECORD_KEY`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a TiledWriter backup beginning with a start document.
+    """
+    path = Path(path)
+    docs = list(read_backup(path))
+    if not docs or docs[0][0] != "start":
+        raise ValueError(f"{path} does not begin with a start document")
+    uid = docs[0][1]["uid"]
+    stop = next((doc for name, doc in reversed(docs) if name == "stop"), {})
+    expected = {str(k): int(v) for k, v in (stop.get("num_events") or {}).items()}
+    check = check_raw_run(client, uid, expected)
+    if not (stop and check.complete):
+        log.warning("raw/%s is not complete in Tiled; replaying the backup %s", uid, path)
+        replay_backup(client, path, batch_size=batch_size)
+        check = check_raw_run(client, uid, expected)
+        if check.complete:
+            check.status = "replayed"
+    if check.complete and path.suffix == ".jsonl":
+        path = path.rename(path.with_suffix(".jsonl.replayed"))
+    check.backup = path
+    _mark(client, check)
+    return check
 
 
 def _mark(client: Any, check: RawRecordCheck) -> None:
@@ -270,21 +328,12 @@ def finalize_raw_record(
     """
     expected = {str(k): int(v) for k, v in (stop.get("num_events") or {}).items()}
     backup = backup_file(backup_dir, uid)
-    backup = backup if backup.is_file() else None
-    if backup is not None and replay:
-        log.warning("raw/%s was not fully written; replaying TiledWriter's backup %s", uid, backup)
-        replay_backup(client, backup)
-        check = check_raw_run(client, uid, expected)
-        if check.complete:
-            check.status = "replayed"
-            replayed = backup.with_suffix(".jsonl.replayed")
-            backup.rename(replayed)
-            backup = replayed
-    else:
-        check = check_raw_run(client, uid, expected)
-        if backup is not None:
-            check.status = "incomplete"
-    check.backup = backup
+    if backup.is_file() and replay:
+        return replay_file(client, backup)
+    check = check_raw_run(client, uid, expected)
+    if backup.is_file():
+        check.status = "incomplete"
+        check.backup = backup
     if uid in client[RAW]:
         _mark(client, check)
     return check

@@ -21,7 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .live import LiveSession
-from .live_display import add_worker_rows, serve_until_interrupted, worker_table
+from .live_display import (
+    add_worker_rows,
+    finalize_raw_record,
+    serve_until_interrupted,
+    worker_table,
+)
 from .tiled_server import DataDirectory
 
 
@@ -221,7 +226,7 @@ def run_cci(
             gaps = session.mark_dead_workers(result_uid, monitor.frames)
         raw_check = None
         if result_uid and monitor.stop is not None:
-            raw_check = _finalize_raw_record(session, result_uid, monitor.stop, data_dir, console)
+            raw_check = finalize_raw_record(session, result_uid, monitor.stop, data_dir.backup, console)
         if result_uid and monitor.frames:  # an aborted run may have no primary stream yet
             try:
                 frames_in_raw = session.raw_frame_count(result_uid, ccd.image_key)
@@ -248,26 +253,6 @@ def run_cci(
         session.stop(keep_tiled=keep)
         if keep and session.tiled is not None:
             serve_until_interrupted(session, console)
-
-
-def _finalize_raw_record(
-    session: LiveSession, uid: str, stop: dict[str, Any], data_dir: DataDirectory, console: Console
-) -> Any:
-    """Check raw/<uid>; replay TiledWriter's backup if it wrote one; a failure is reported."""
-    from .raw_record import finalize_raw_record
-
-    try:
-        check = finalize_raw_record(session.client, uid, stop, data_dir.backup)
-    except Exception as exc:  # noqa: BLE001 - Tiled still down: the backup stays for `speckleflow replay`
-        console.print(f"[red]could not check the raw record in Tiled ({exc}); replay later with "
-                      f"`speckleflow replay {data_dir.backup}`[/red]")
-        return None
-    if check.status == "replayed":
-        console.print(f"raw record: Tiled failed during the run; replayed from {check.backup}")
-    elif not check.complete:
-        console.print(f"[red]raw record incomplete in Tiled: missing {check.missing}; backup "
-                      f"{check.backup or 'none'}[/red]")
-    return check
 
 
 def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, console: Console) -> Any:

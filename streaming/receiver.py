@@ -56,6 +56,10 @@ class BusReceiver:
         Minimum time between two warnings about the same field, seconds.
     curve : CurveConfig, optional
         Encrypt the link (this end is the CURVE client); default plain TCP.
+    rcvbuf : int, optional
+        Kernel receive buffer (``SO_RCVBUF``), bytes; 0 keeps the OS default
+        (autotuned, up to ``net.ipv4.tcp_rmem``, often tens of MiB). ``rcvhwm`` bounds
+        the messages ZeroMQ queues; this bounds the bytes the kernel holds.
 
     Attributes
     ----------
@@ -74,6 +78,7 @@ class BusReceiver:
         tracker: SequenceTracker | None = None,
         warn_interval_s: float = 5.0,
         curve: CurveConfig | None = None,
+        rcvbuf: int = 0,
     ) -> None:
         self.address = address
         self.tracker = tracker if tracker is not None else SequenceTracker()
@@ -86,6 +91,8 @@ class BusReceiver:
         self._suppressed: Counter[str] = Counter()
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        if rcvbuf > 0:
+            self._socket.setsockopt(zmq.RCVBUF, rcvbuf)
         self._socket.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic)

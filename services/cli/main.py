@@ -515,16 +515,13 @@ def replay_command(
     """Write runs that TiledWriter could not write (Tiled was down) from its backup into raw/.
 
     Each backed-up run (one *.jsonl file per run) replaces the partial raw/<uid> left by the
-    failed write; the detector files are registered again where they are. A replayed file
-    is renamed *.jsonl.replayed. Exit status 1 if any file could not be replayed.
+    failed write; the detector files stay where they are and are registered again. A run
+    already complete in Tiled is left alone, and a file whose run is complete is renamed
+    *.jsonl.replayed, so replaying twice is harmless. Exit status 1 if any run is still
+    incomplete or a file could not be read.
     """
     from rich.console import Console
-    from speckleflow.services.raw_record import (
-        RECORD_KEY,
-        check_raw_run,
-        read_backup,
-        replay_backup,
-    )
+    from speckleflow.services.raw_record import replay_file
     from speckleflow.services.tiled_server import tiled_client
 
     console = Console()
@@ -536,15 +533,8 @@ def replay_command(
     with tiled_client(data_dir, tiled_uri, api_key) as client:
         for path in files:
             try:
-                stop = next((doc for name, doc in read_backup(path) if name == "stop"), {})
-                uid = replay_backup(client, path)
-                check = check_raw_run(client, uid, dict(stop.get("num_events") or {}))
-                if check.complete:
-                    check.status = "replayed"
-                    path.rename(path.with_suffix(".jsonl.replayed"))
-                check.backup = path
-                client["raw"][uid].update_metadata(metadata={RECORD_KEY: check.as_metadata()}, drop_revision=True)
-                console.print(f"{path.name}: raw/{uid} {check.status}"
+                check = replay_file(client, path)
+                console.print(f"{path.name}: raw/{check.uid} {check.status}"
                               + ("" if check.has_stop else " (the backup has no stop document)"))
                 failed += not check.complete
             except (ValueError, OSError, KeyError) as exc:
@@ -573,6 +563,10 @@ def worker_command(
         int, typer.Option(min=1, help="Receive high-water mark of the bus socket (messages); beyond it frames "
                           "are dropped and counted as gaps, so queued memory stays bounded.")
     ] = 10_000,
+    rcvbuf: Annotated[
+        int, typer.Option(min=0, help="Kernel receive buffer of the bus socket (bytes); 0 keeps the OS default "
+                          "(autotuned, often tens of MiB of frames before --rcvhwm applies).")
+    ] = 0,
     debug_frame_delay: Annotated[
         float, typer.Option(min=0.0, help="Debugging and fault tests only: an artificial delay per frame (s) "
                             "that makes this worker a slow consumer. 0 adds nothing.")
@@ -615,6 +609,7 @@ def worker_command(
         run_documents=tiled_run_documents(lambda: from_uri(tiled_uri, api_key=api_key)),
         run_stop=tiled_run_stop(lambda: from_uri(tiled_uri, api_key=api_key)),
         rcvhwm=rcvhwm,
+        rcvbuf=rcvbuf,
         frame_delay_s=debug_frame_delay,
     )
     worker.install_signal_handlers()

@@ -115,6 +115,9 @@ class Worker:
         Receive high-water mark of the bus socket, in messages; beyond it ZeroMQ drops
         messages (they show up as gaps), so the worker's queued memory is bounded by
         ``rcvhwm`` × message size.
+    rcvbuf : int
+        Kernel receive buffer of the bus socket, bytes (0: the OS default, which can
+        hold tens of MiB of frames before the high-water mark is reached).
     tiled_status_interval : float
         Seconds between two status updates in ``analysis/<uid>/workers/<kind>``.
     curve : CurveConfig, optional
@@ -147,6 +150,7 @@ class Worker:
         results: ResultsPublisher | None = None,
         status_interval: float = 0.5,
         rcvhwm: int = 10_000,
+        rcvbuf: int = 0,
         tiled_status_interval: float = 1.0,
         curve: CurveConfig | None = None,
         run_documents: RunDocuments | None = None,
@@ -157,7 +161,7 @@ class Worker:
         if not frame_delay_s >= 0:
             raise ValueError(f"frame_delay_s must be >= 0 s, got {frame_delay_s!r}")
         self.unit = unit
-        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve)
+        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve, rcvbuf=rcvbuf)
         self.run_documents = run_documents
         self.run_stop = run_stop
         self.stop_quiet_s = float(stop_quiet_s)

@@ -15,6 +15,7 @@ the bus publisher sent per stream, which the orchestrator notes next to it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,8 +78,13 @@ def tiled_run_documents(
     return fetch
 
 
+#: Seconds a stop document found without its frames-published note waits for the note
+#: (the orchestrator writes it just after TiledWriter has written the stop).
+NOTE_GRACE_S = 5.0
+
+
 def tiled_run_stop(
-    connect: Callable[[], Any],
+    connect: Callable[[], Any], *, note_grace_s: float = NOTE_GRACE_S
 ) -> Callable[[str], tuple[dict[str, Any], dict[str, int] | None] | None]:
     """A ``run_stop`` fetcher reading the stop document of ``raw/<uid>`` from Tiled.
 
@@ -87,6 +93,9 @@ def tiled_run_stop(
     connect : callable
         Returns a Tiled client for the server root; called on the first fetch and
         again after a failure.
+    note_grace_s : float
+        Seconds to keep answering None while the stop is there but the frames-published
+        note is not yet; after that the stop is returned with None.
 
     Returns
     -------
@@ -98,6 +107,7 @@ def tiled_run_stop(
         errors propagate (the worker logs them and retries later).
     """
     cache: dict[str, Any] = {}
+    stop_seen: dict[str, float] = {}
 
     def fetch(run_uid: str) -> tuple[dict[str, Any], dict[str, int] | None] | None:
         if "client" not in cache:
@@ -114,7 +124,12 @@ def tiled_run_stop(
             raise
         if stop.get("run_start") != run_uid:
             return None
-        frames = {str(k): int(v) for k, v in plain(published).items()} if published else None
-        return stop, frames
+        if not published:
+            first = stop_seen.setdefault(run_uid, time.monotonic())
+            if time.monotonic() - first < note_grace_s:
+                return None
+            return stop, None
+        stop_seen.pop(run_uid, None)
+        return stop, {str(k): int(v) for k, v in plain(published).items()}
 
     return fetch
