@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "RECORD_KEY",
     "FramesPublishedNote",
     "RawRecordCheck",
+    "RawRecordCheckAtStop",
     "backup_file",
     "check_raw_run",
     "finalize_raw_record",
@@ -100,8 +102,10 @@ class FramesPublishedNote:
     The stop's bus message carries the same counts (``frames_published``), but a slow
     worker may lose that message at a high-water mark; it then reads the stop document
     from the raw record and this note with it, and still counts the frames lost at the
-    end of each stream. Subscribe it after TiledWriter (``raw/<uid>`` must exist). A
-    failure to write is logged, never raised into the RunEngine.
+    end of each stream. Subscribe it before TiledWriter: ``raw/<uid>`` exists from the
+    start document on, and the note is then there before the stop document is (a worker
+    never sees the stop without it). A failure to write (Tiled down) is logged, never
+    raised into the RunEngine.
 
     Parameters
     ----------
@@ -337,3 +341,47 @@ def finalize_raw_record(
     if uid in client[RAW]:
         _mark(client, check)
     return check
+
+
+class RawRecordCheckAtStop:
+    """RunEngine callback for long-lived RunEngines (the queue server): check each run at its stop.
+
+    ``speckleflow run`` checks the raw record itself at the end of its one run; a
+    RunEngine that serves many runs subscribes this instead (after TiledWriter). At each
+    stop document it runs :func:`finalize_raw_record` in a background thread (the
+    RunEngine does not wait; a replay can take a while), logs the outcome, and keeps the
+    last check per run in :attr:`checks`.
+
+    Parameters
+    ----------
+    client : tiled client
+        Server root (a key that may write and delete).
+    backup_dir : str or Path
+        TiledWriter's ``backup_directory``.
+    """
+
+    def __init__(self, client: Any, backup_dir: str | Path) -> None:
+        self.client = client
+        self.backup_dir = Path(backup_dir)
+        self.checks: dict[str, RawRecordCheck] = {}
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        if name != "stop":
+            return
+        thread = threading.Thread(target=self._check, args=(doc["run_start"], dict(doc)), daemon=True,
+                                  name=f"raw-record-check-{doc['run_start'][:8]}")
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _check(self, uid: str, stop: dict[str, Any]) -> None:
+        try:
+            check = finalize_raw_record(self.client, uid, stop, self.backup_dir)
+        except Exception as exc:  # noqa: BLE001 - Tiled down: the backup stays for `speckleflow replay`
+            log.warning("could not check raw/%s (%s); replay later with `speckleflow replay %s`",
+                        uid, exc, self.backup_dir)
+            return
+        self.checks[uid] = check
+        (log.info if check.complete else log.warning)(
+            "raw/%s %s%s", uid, check.status, "" if check.complete else f": missing {check.missing}"
+        )

@@ -183,8 +183,8 @@ def run_cci(
         RE.subscribe(monitor)
         if on_document is not None:
             RE.subscribe(lambda name, doc: on_document(session, name, doc))
+        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
         RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
-        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # after TiledWriter
 
         progress = Progress(
             TextColumn("{task.description}"),

@@ -213,8 +213,8 @@ def run_ecm(
         RE = RunEngine({}, call_returns_result=False)
         RE.subscribe(session.publisher)
         RE.subscribe(monitor)
+        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
         RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
-        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # after TiledWriter
 
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

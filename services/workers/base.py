@@ -302,7 +302,9 @@ class Worker:
         if self.run_state != "running" or self.run_uid is None or self.run_stop is None:
             return
         now = time.monotonic()
-        if now - self._last_run_msg < self.stop_quiet_s or now - self._stop_attempt < RESUME_RETRY_S:
+        quiet = now - self._last_run_msg
+        # A paused run is quiet too: look less often the longer it lasts (1 s to 10 s).
+        if quiet < self.stop_quiet_s or now - self._stop_attempt < min(10.0, max(RESUME_RETRY_S, quiet / 4)):
             return
         found = self._fetch_stop(self.run_uid)
         if found is not None:

@@ -84,3 +84,40 @@ def test_replay_writes_a_partial_run_again_keeps_detector_files_and_is_idempoten
     assert sorted(detector_dir.glob("*.h5")) == h5_files
     print(f"replay: frames produced {2 * pairs}, in the raw record before {before}, after {after}; "
           f"detector files kept {len(h5_files)}")
+
+
+def test_queue_server_runengine_replays_at_each_stop(tiled_server, tiled_client, tmp_path):
+    """RawRecordCheckAtStop (subscribed in the queue-server profile) replays right after the run."""
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+    from bluesky_tiled_plugins.writing._json_writer import JSONLinesWriter
+    from speckleflow.devices import HelicityCCD, MagneticSample
+    from speckleflow.plans import cci_series
+    from speckleflow.services.raw_record import RECORD_KEY, RawRecordCheckAtStop
+
+    pairs = 8
+    detector_dir = tiled_server.data_dir.detector / tmp_path.name
+    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=4, detector_shape=(64, 64))
+    ccd = HelicityCCD(sample, detector_dir, name="ccd")
+    writer = TiledWriter(tiled_client["raw"], batch_size=4)
+    seen = {"events": 0}
+
+    def failing_writer(name, doc):  # gives up after 5 events, as TiledWriter does on a failed write
+        seen["events"] += name == "event"
+        if seen["events"] <= 5:
+            writer(name, doc)
+
+    check = RawRecordCheckAtStop(tiled_client, tmp_path / "backup")
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(failing_writer)
+    RE.subscribe(JSONLinesWriter(str(tmp_path / "backup")))
+    RE.subscribe(check)
+    (uid,) = RE(cci_series(ccd, pairs, 0.5))
+    for thread in check.threads:
+        thread.join(60)
+    run = tiled_client["raw"][uid]
+    print(f"queue-server run: frames produced {2 * pairs}, raw record after the check "
+          f"{run['primary'][ccd.image_key].shape[0]}, status {check.checks[uid].status}")
+    assert check.checks[uid].status == "replayed"
+    assert run.metadata[RECORD_KEY]["status"] == "replayed"
+    assert int(run["primary"][ccd.image_key].shape[0]) == 2 * pairs

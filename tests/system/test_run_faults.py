@@ -61,21 +61,21 @@ def live(tmp_path, **kw: Any) -> Iterator[LiveSession]:
         session.stop()
 
 
-def rig(session: LiveSession, publisher: Any = None):
+def rig(session: LiveSession, publisher: Any = None, size: int = SIZE):
     """RunEngine + bus publisher + TiledWriter (with its backup directory) + the helicity CCD."""
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
     from speckleflow.devices import HelicityCCD, MagneticSample
     from speckleflow.services.raw_record import FramesPublishedNote
 
-    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=1, detector_shape=(SIZE, SIZE))
+    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=1, detector_shape=(size, size))
     ccd = HelicityCCD(sample, session.data_dir.detector, publisher=publisher or session.publisher, name="ccd")
     RE = RunEngine({}, call_returns_result=False)
     docs = Docs()
     RE.subscribe(session.publisher)
     RE.subscribe(docs)
-    RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(session.data_dir.backup), batch_size=50))
     RE.subscribe(FramesPublishedNote(session.publisher, session.client))
+    RE.subscribe(TiledWriter(session.client["raw"], backup_directory=str(session.data_dir.backup), batch_size=50))
     return RE, ccd, docs
 
 
@@ -259,21 +259,27 @@ def test_slow_worker_in_a_live_run_bounded_drops_published_raw_complete(tmp_path
 
     # What may wait for the worker is bounded by the high-water marks (messages) AND the
     # kernel socket buffers (bytes; by default autotuned to tens of MiB, which would hold
-    # this whole run): backlog <= 2 * hwm + ~2 * 2 * buf / 32 KiB frames, about 16 frames.
-    # At 0.4 s per frame the worker falls behind unless the run lasts over ~40 s.
-    pairs, hwm, buf, delay = 60, 4, 64 * 1024, 0.4
-    args = {"fth": ["--debug-frame-delay", str(delay), "--rcvhwm", str(hwm), "--rcvbuf", str(buf)]}
+    # this whole run): backlog <= 2 * hwm messages + ~2 * 2 * buf bytes, about 4.3 MiB of
+    # 512 KiB frames, against 60 MiB published. At 0.4 s per frame the worker falls
+    # behind unless the run lasts over ~45 s.
+    pairs, hwm, buf, delay, size = 60, 4, 64 * 1024, 0.4, 512
+    # --n-rolling 2: the preview's rolling window (2 MiB per pair at 512²) fills within the
+    # warm-up run, so what grows in the measured run is the backlog.
+    args = {"fth": ["--debug-frame-delay", str(delay), "--rcvhwm", str(hwm), "--rcvbuf", str(buf),
+                    "--n-rolling", "2"]}
     with live(tmp_path, worker_args=args, bus_hwm=hwm, bus_sndbuf=buf) as session:
-        RE, ccd, docs = rig(session)
+        RE, ccd, docs = rig(session, size=size)
         worker = psutil.Process(session.workers["fth"].process.pid)
-        # (frames processed, RSS) of the worker while the run lasts, sampled in a thread.
-        samples: list[tuple[int, int]] = []
+        # A short first run warms the worker up (its first Tiled writes import the array
+        # and table stacks: ~150 MiB, once); the second run's RSS then shows the backlog.
+        RE(cci_series(ccd, 3, 0.5))
+        worker_status(session, docs.uid)
+        rss: list[int] = []
         done_sampling = threading.Event()
 
         def sample_rss() -> None:
             while True:
-                session.poll_status()
-                samples.append((session.workers["fth"].status.get("frames_processed", 0), worker.memory_info().rss))
+                rss.append(worker.memory_info().rss)
                 if done_sampling.wait(0.1):  # the sampling period; set when the run ends
                     return
 
@@ -287,22 +293,21 @@ def test_slow_worker_in_a_live_run_bounded_drops_published_raw_complete(tmp_path
         uid = docs.uid
         status = worker_status(session, uid)
         in_raw = session.raw_frame_count(uid, ccd.image_key)
-        # Baseline once the worker has processed 3 pairs and published (its imports, FFT
-        # plans and Tiled client are then in memory); growth after it is the backlog's.
-        warm = next(i for i, (done, _) in enumerate(samples) if done >= 6)
-        base = samples[warm][1]
-        growth = (max(r for _, r in samples[warm:]) - base) / 2**20
+        growth = (max(rss) - rss[0]) / 2**20
+        published = docs.frames * size * size * 2 / 2**20
         print(figures(f"slow worker ({delay * 1e3:.0f} ms/frame, hwm {hwm}, socket buffers {buf // 1024} KiB)",
                       docs.frames, in_raw, status)
-              + f"; worker RSS {samples[0][1] / 2**20:.0f} MiB at the start, {base / 2**20:.0f} MiB after 6 "
-              f"frames, growth after it {growth:.1f} MiB ({len(samples) - warm} samples) for "
-              f"{docs.frames * SIZE * SIZE * 2 / 2**20:.1f} MiB of frames published")
+              + f"; worker RSS {rss[0] / 2**20:.0f} MiB at the start of the run, growth {growth:.1f} MiB "
+              f"({len(rss)} samples) for {published:.0f} MiB of frames published; results {status['results']}")
         assert in_raw == docs.frames == 2 * pairs  # raw complete whatever the worker does
         assert status["missed"] > 0  # the slow worker fell behind and ZeroMQ dropped
         # Every frame produced was either seen or counted missed (in-run or tail gaps).
         assert status["frames_seen"] + status["missed"] == 2 * pairs
         assert status["frames_processed"] + status["dropped_total"] == status["frames_seen"]
-        assert growth < 16
+        # Unbounded queues would hold what the worker never got to: > 40 MiB here. The
+        # bus backlog is bounded at ~4 MiB; the rest of the growth (15-25 MiB measured
+        # on a loaded machine) is the worker's own: previews waiting for Tiled, allocator.
+        assert growth < 0.5 * published
         assert status["status"] == "final"  # these counters are what the worker published in Tiled
         # The stop document shares the high-water marks with the frames: if it was lost,
         # the worker read it back from raw/<uid> (with the frames published per stream).
