@@ -31,10 +31,10 @@ def test_replay_writes_a_partial_run_again_keeps_detector_files_and_is_idempoten
     from speckleflow.services.cli.main import app
     from speckleflow.services.raw_record import FRAMES_PUBLISHED_KEY, RECORD_KEY, backup_file
 
-    pairs, cut = 15, 10
+    pairs, cut = 8, 6
     backup_dir = tmp_path / "backup"
     detector_dir = tiled_server.data_dir.detector / tmp_path.name
-    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=3, detector_shape=(64, 64))
+    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=3, detector_shape=(128, 128))
     ccd = HelicityCCD(sample, detector_dir, name="ccd")
     writer = TiledWriter(tiled_client["raw"], batch_size=5)
     events = {"n": 0}
@@ -68,7 +68,7 @@ def test_replay_writes_a_partial_run_again_keeps_detector_files_and_is_idempoten
     assert run.metadata[FRAMES_PUBLISHED_KEY]["ccd"] == 2 * pairs  # our notes survive the replay
     assert sorted(detector_dir.glob("*.h5")) == h5_files  # Tiled deleted only what it manages
     last = np.asarray(images[-1])
-    assert last.shape == (64, 64) and last.any()  # read from the detector file, registered again
+    assert last.shape == (128, 128) and last.any()  # read from the detector file, registered again
     replayed = backup_file(backup_dir, uid).with_suffix(".jsonl.replayed")
     assert replayed.is_file() and not backup_file(backup_dir, uid).exists()
 
@@ -97,7 +97,7 @@ def test_queue_server_runengine_replays_at_each_stop(tiled_server, tiled_client,
 
     pairs = 8
     detector_dir = tiled_server.data_dir.detector / tmp_path.name
-    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=4, detector_shape=(64, 64))
+    sample = MagneticSample.from_options(states_file=str(MAGNUMNP_STATES), seed=4, detector_shape=(128, 128))
     ccd = HelicityCCD(sample, detector_dir, name="ccd")
     writer = TiledWriter(tiled_client["raw"], batch_size=4)
     seen = {"events": 0}
