@@ -39,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -169,6 +170,8 @@ class Worker:
         #: last looked for in the raw record.
         self._last_run_msg = time.monotonic()
         self._stop_attempt = 0.0
+        self._stop_lookup: tuple[str, Future[Any]] | None = None
+        self._lookup_pool: ThreadPoolExecutor | None = None
         self.stop_source = ""
         self.resumed_runs: set[str] = set()
         self._resume_attempt: dict[str, float] = {}
@@ -220,6 +223,8 @@ class Worker:
                     self.push_status()
                     next_status = now + self.status_interval
         finally:
+            if self._lookup_pool is not None:
+                self._lookup_pool.shutdown(wait=False, cancel_futures=True)
             if self.results is not None:
                 self.results.close(timeout=30)
             self.push_status(final=True)
@@ -298,7 +303,22 @@ class Worker:
             return None
 
     def _check_quiet_run(self) -> None:
-        """An open run whose messages stopped: look for its stop document in the raw record."""
+        """An open run whose messages stopped: look for its stop document in the raw record.
+
+        The lookup runs in a background thread (a Tiled that is down makes its client
+        retry for many seconds; the bus must keep being read meanwhile); its answer is
+        used only if the same run is still open when it arrives.
+        """
+        lookup = self._stop_lookup
+        if lookup is not None:
+            if not lookup[1].done():
+                return
+            self._stop_lookup = None
+            uid, future = lookup
+            found = future.result()
+            if found is not None and uid == self.run_uid and self.run_state == "running":
+                self._stop_from_record(found)
+            return
         if self.run_state != "running" or self.run_uid is None or self.run_stop is None:
             return
         now = time.monotonic()
@@ -306,9 +326,10 @@ class Worker:
         # A paused run is quiet too: look less often the longer it lasts (1 s to 10 s).
         if quiet < self.stop_quiet_s or now - self._stop_attempt < min(10.0, max(RESUME_RETRY_S, quiet / 4)):
             return
-        found = self._fetch_stop(self.run_uid)
-        if found is not None:
-            self._stop_from_record(found)
+        self._stop_attempt = now
+        if self._lookup_pool is None:
+            self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop-lookup")
+        self._stop_lookup = (self.run_uid, self._lookup_pool.submit(self._fetch_stop, self.run_uid))
 
     def _stop_from_record(self, found: tuple[dict[str, Any], dict[str, int] | None]) -> None:
         stop, frames_published = found
@@ -320,6 +341,7 @@ class Worker:
 
     def _close_missed_stop(self, uid: str) -> None:
         """The next run started while ``uid`` was open: close it from the raw record, else as unknown."""
+        self._stop_lookup = None  # an answer still in flight is for this run: asked again here
         found = self._fetch_stop(uid)
         if found is not None:
             self._stop_from_record(found)
