@@ -324,11 +324,19 @@ def test_tiled_server_restarted_mid_run_loses_nothing(tmp_path):
     outage: dict[str, Any] = {}
     primary: set[str] = set()
 
+    up, release = threading.Event(), threading.Event()
+
     def restart(session: LiveSession) -> None:
         old = session.tiled
         new = EmbeddedTiled(old.data_dir, old.api_key, read_api_key=old.read_api_key, port=old.port, host=old.host)
-        outage["up"] = new.start(timeout=300)
-        session.tiled = new
+        try:
+            new.start(timeout=300)
+            session.tiled = new
+        finally:
+            up.set()
+        # Children die with the THREAD that started them (PR_SET_PDEATHSIG, see
+        # ChildProcess): this one lives until the test is done with the server.
+        release.wait(600)
 
     def kill_then_restart(session, name, doc):
         if name == "descriptor" and doc["name"] == "primary":
@@ -336,7 +344,7 @@ def test_tiled_server_restarted_mid_run_loses_nothing(tmp_path):
         if name == "stop" and "thread" in outage:
             # The run ends only once the server is back (a loaded machine takes long to
             # start Tiled): what TiledWriter failed to write must then be replayed.
-            outage["thread"].join(timeout=300)
+            up.wait(timeout=300)
         if name != "event" or doc["descriptor"] not in primary:
             return
         if doc["seq_num"] == 10 and "killed" not in outage:
@@ -350,9 +358,12 @@ def test_tiled_server_restarted_mid_run_loses_nothing(tmp_path):
     console = Console(file=io.StringIO(), width=160)
     opts = CCIRunOptions(pairs=pairs, data_dir=tmp_path / "data", detector_size=SIZE, seed=2,
                          states_file=MAGNUMNP_STATES, workers=("fth",), process=False)
-    result = run_cci(opts, console, on_document=kill_then_restart)
+    try:
+        result = run_cci(opts, console, on_document=kill_then_restart)
+    finally:
+        release.set()
     print(console.file.getvalue())
-    outage["thread"].join(timeout=300)
+    outage["thread"].join(timeout=60)
     check = result.raw_record
     fth = result.worker_status["fth"]
     print(figures(f"Tiled killed (pid {outage['killed']}) and restarted; raw record {check.status}",
