@@ -373,7 +373,13 @@ def test_tiled_server_restarted_mid_run_loses_nothing(tmp_path):
     assert result.exit_status == "success"
     assert check is not None and check.complete, check
     assert result.frames_in_raw == result.frames_acquired == 2 * pairs
-    assert fth["results"]["retries"] > 0 and fth["results"]["failed"] == 0  # the outage was met and ridden out
+    assert "killed" in outage and up.is_set() and "thread" in outage  # killed at event 10, back before the stop
+    # The worker's results met the outage (the Tiled client retries a refused connection
+    # itself, ~20 s, before our publisher's own retries): none failed or was dropped;
+    # any still pending at the end of the run are flushed when the worker shuts down.
+    results = fth["results"]
+    assert results["failed"] == 0 and results["dropped"] == 0
+    assert results["written"] + results["pending"] == results["submitted"]  # pending: in flight included
     assert fth["frames_processed"] == 2 * pairs
     # TiledWriter's backup exists only if the outage outlasted the Tiled client's retries.
     print(f"backup files: {sorted(p.name for p in (tmp_path / 'data' / 'backup').iterdir())}")
