@@ -51,7 +51,10 @@ def test_replay_writes_a_partial_run_again_keeps_detector_files_and_is_idempoten
     (uid,) = RE(cci_series(ccd, pairs, 0.5))
     tiled_client["raw"][uid].update_metadata(metadata={FRAMES_PUBLISHED_KEY: {"ccd": 2 * pairs}})
     h5_files = sorted(detector_dir.glob("*.h5"))
-    before = int(tiled_client["raw"][uid]["primary"][ccd.image_key].shape[0])
+    try:  # what TiledWriter had written: some rows, or not even the image key yet
+        before = int(tiled_client["raw"][uid]["primary"][ccd.image_key].shape[0])
+    except KeyError:
+        before = 0
     assert before < 2 * pairs and h5_files
 
     runner = CliRunner()
