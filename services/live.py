@@ -62,6 +62,14 @@ class LiveSession:
         directory must then lie inside that server's readable storage.
     host : str
         Bind interface (127.0.0.1 by default).
+    worker_args : dict, optional
+        Extra command-line arguments per worker kind (e.g. ``--rcvhwm``).
+    bus_hwm : int, optional
+        High-water mark of the proxy's sockets, in messages (default the proxy's):
+        how much the proxy queues for a slow worker before ZeroMQ drops.
+    bus_sndbuf : int, optional
+        Kernel send buffer of the proxy's connection to each worker, bytes (default the
+        OS's, autotuned to megabytes).
     """
 
     def __init__(
@@ -73,6 +81,8 @@ class LiveSession:
         api_key: str | None = None,
         host: str = "127.0.0.1",
         worker_args: dict[str, list[str]] | None = None,
+        bus_hwm: int | None = None,
+        bus_sndbuf: int | None = None,
     ) -> None:
         if tiled_uri and not api_key:
             raise ValueError("--tiled-uri needs --api-key (a key that may write)")
@@ -80,6 +90,12 @@ class LiveSession:
         self.host = host
         self.worker_kinds = tuple(workers)
         self.worker_args = worker_args or {}
+        if bus_hwm is not None and bus_hwm < 1:
+            raise ValueError(f"bus_hwm must be >= 1 message, got {bus_hwm}")
+        self.bus_hwm = bus_hwm
+        if bus_sndbuf is not None and bus_sndbuf < 1:
+            raise ValueError(f"bus_sndbuf must be >= 1 byte, got {bus_sndbuf}")
+        self.bus_sndbuf = bus_sndbuf
         self.external_uri = tiled_uri
         self.api_key = api_key or data_dir.api_key()
         self.tiled: EmbeddedTiled | None = None
@@ -119,7 +135,9 @@ class LiveSession:
         self.backend = f"tcp://{self.host}:{bport}"
         self.proxy = ChildProcess(
             "proxy",
-            [sys.executable, "-m", "speckleflow.streaming.proxy", "--frontend", self.frontend, "--backend", self.backend],
+            [sys.executable, "-m", "speckleflow.streaming.proxy", "--frontend", self.frontend, "--backend", self.backend,
+             *(["--hwm", str(self.bus_hwm)] if self.bus_hwm else []),
+             *(["--sndbuf", str(self.bus_sndbuf)] if self.bus_sndbuf else [])],
             self.data_dir.logs / "proxy.log",
         ).start()
 

@@ -1,19 +1,22 @@
 """Pieces of the ``speckleflow run`` terminal display shared by every technique.
 
 The live worker table (state, frames processed, missed, dropped, lag, results written,
-the unit's own counters), the worker rows of the end-of-run summary, and the loop that
-keeps the embedded Tiled server up after a run (``--keep-serving``).
+the unit's own counters), the worker rows of the end-of-run summary, the end-of-run
+check of the raw record (replayed from TiledWriter's backup if Tiled failed during the
+run), and the loop that keeps the embedded Tiled server up after a run (``--keep-serving``).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from .live import LiveSession
+from .raw_record import RawRecordCheck
 
 
 def worker_table(session: LiveSession, caption: str = "") -> Table:
@@ -70,3 +73,46 @@ def serve_until_interrupted(session: LiveSession, console: Console) -> None:
         pass
     finally:
         session.tiled.stop()
+
+
+def finalize_raw_record(
+    session: LiveSession, uid: str, stop: dict[str, Any], backup_dir: Path, console: Console
+) -> RawRecordCheck | None:
+    """Check ``raw/<uid>`` at the end of a run; replay TiledWriter's backup if it wrote one.
+
+    The outcome is printed (and recorded in the run's metadata by
+    :func:`~speckleflow.services.raw_record.finalize_raw_record`); a Tiled that is still
+    down is reported with the ``speckleflow replay`` command to run later.
+
+    Parameters
+    ----------
+    session : LiveSession
+        Its Tiled client.
+    uid : str
+        Run uid.
+    stop : dict
+        The run's stop document.
+    backup_dir : Path
+        TiledWriter's ``backup_directory``.
+    console : Console
+        Where the outcome is printed.
+
+    Returns
+    -------
+    RawRecordCheck or None
+        None if Tiled could not be reached.
+    """
+    from .raw_record import finalize_raw_record as check_and_replay
+
+    try:
+        check = check_and_replay(session.client, uid, stop, backup_dir)
+    except Exception as exc:  # noqa: BLE001 - Tiled still down: the backup stays for `speckleflow replay`
+        console.print(f"[red]could not check the raw record in Tiled ({exc}); replay later with "
+                      f"`speckleflow replay {backup_dir}`[/red]")
+        return None
+    if check.status == "replayed":
+        console.print(f"raw record: Tiled failed during the run; replayed from {check.backup}")
+    elif not check.complete:
+        console.print(f"[red]raw record incomplete in Tiled: missing {check.missing}; backup "
+                      f"{check.backup or 'none'}[/red]")
+    return check

@@ -23,7 +23,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask the kernel to send SIGTERM to this (child) process when its parent dies."""
+    """Ask the kernel to send SIGTERM to this (child) process when its parent dies.
+
+    The kernel means the parent *thread*: a child started from a thread that then ends
+    is terminated with it. Start children from the main thread or a thread that lives
+    as long as they should.
+    """
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)

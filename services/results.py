@@ -194,7 +194,8 @@ class ResultsPublisher:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Operations submitted and not yet written or given up (the one in flight included)."""
+        return self._queue.unfinished_tasks
 
     # -- internals ---------------------------------------------------------------------
     def _submit(self, op: _Op) -> bool:

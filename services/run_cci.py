@@ -21,7 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .live import LiveSession
-from .live_display import add_worker_rows, serve_until_interrupted, worker_table
+from .live_display import (
+    add_worker_rows,
+    finalize_raw_record,
+    serve_until_interrupted,
+    worker_table,
+)
 from .tiled_server import DataDirectory
 
 
@@ -67,6 +72,7 @@ class RunResult:
     tiled_uri: str
     worker_status: dict[str, dict[str, Any]]
     gaps: list[dict[str, Any]]
+    raw_record: Any = None
     processing: Any = None
     phase: Any = None
 
@@ -79,6 +85,7 @@ class _RunMonitor:
         self.frames = 0
         self.truth_state: int | None = None
         self.exit_status = "not started"
+        self.stop: dict[str, Any] | None = None
         self._truth_desc: set[str] = set()
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
@@ -96,6 +103,7 @@ class _RunMonitor:
                 self.frames += 1
         elif name == "stop":
             self.exit_status = doc.get("exit_status", "unknown")
+            self.stop = dict(doc)
 
 
 def _status_table(session: LiveSession, monitor: _RunMonitor) -> Table:
@@ -135,6 +143,7 @@ def run_cci(
     from speckleflow.devices import HelicityCCD, MagneticSample
     from speckleflow.plans import cci_series
 
+    from .raw_record import FramesPublishedNote
     from .raw_writer import raw_run_writer
 
     data_dir = DataDirectory.create(opts.data_dir)
@@ -174,6 +183,7 @@ def run_cci(
         RE.subscribe(monitor)
         if on_document is not None:
             RE.subscribe(lambda name, doc: on_document(session, name, doc))
+        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
         RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
 
         progress = Progress(
@@ -214,6 +224,9 @@ def run_cci(
         result_uid = monitor.uid
         if result_uid:
             gaps = session.mark_dead_workers(result_uid, monitor.frames)
+        raw_check = None
+        if result_uid and monitor.stop is not None:
+            raw_check = finalize_raw_record(session, result_uid, monitor.stop, data_dir.backup, console)
         if result_uid and monitor.frames:  # an aborted run may have no primary stream yet
             try:
                 frames_in_raw = session.raw_frame_count(result_uid, ccd.image_key)
@@ -228,6 +241,7 @@ def run_cci(
             tiled_uri=session.tiled_uri,
             worker_status={k: h.status for k, h in session.workers.items()},
             gaps=gaps,
+            raw_record=raw_check,
         )
         print_summary(result, console, data_dir.root)
         if opts.process and result.exit_status == "success" and result_uid:

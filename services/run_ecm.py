@@ -31,7 +31,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .live import LiveSession
-from .live_display import add_worker_rows, serve_until_interrupted, worker_table
+from .live_display import (
+    add_worker_rows,
+    finalize_raw_record,
+    serve_until_interrupted,
+    worker_table,
+)
 from .run_engine import RunMonitor, live_run_engine
 from .tiled_server import DataDirectory
 
@@ -112,6 +117,7 @@ class ECMRunResult:
     worker_status: dict[str, dict[str, Any]]
     gaps: list[dict[str, Any]]
     truth_tau: float
+    raw_record: Any = None
     processing: Any = None
 
     @property
@@ -235,6 +241,9 @@ def run_ecm(
         uid = monitor.uid
         frames = camera.get_index()
         gaps = session.mark_dead_workers(uid, frames) if uid else []
+        raw_check = None
+        if uid and monitor.stop is not None:
+            raw_check = finalize_raw_record(session, uid, monitor.stop, data_dir.backup, console)
         frames_in_raw = 0
         if uid and frames:
             try:
@@ -246,6 +255,7 @@ def run_ecm(
             uid=uid, exit_status=monitor.exit_status, frames_acquired=frames, frames_expected=n_frames,
             frames_in_raw=frames_in_raw, tiled_uri=session.tiled_uri,
             worker_status={k: h.status for k, h in session.workers.items()}, gaps=gaps, truth_tau=truth_tau,
+            raw_record=raw_check,
         )  # fmt: skip
         print_summary(result, console, data_dir.root)
         if at_run_end is not None and result.exit_status == "success" and uid:

@@ -21,17 +21,20 @@ class RunMonitor:
     def __init__(self) -> None:
         self.uid: str | None = None
         self.exit_status = "not started"
+        self.stop: dict[str, Any] | None = None
 
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
         if name == "start":
             self.uid = doc["uid"]
             self.exit_status = "running"
+            self.stop = None
         elif name == "stop":
             self.exit_status = doc.get("exit_status", "unknown")
+            self.stop = dict(doc)
 
 
 def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunMonitor, *, batch_size: int = 50) -> Any:
-    """A RunEngine subscribed to the bus publisher, ``monitor`` and TiledWriter (raw/).
+    """A RunEngine subscribed to the bus publisher, ``monitor``, the frames-published note and TiledWriter (raw/).
 
     Parameters
     ----------
@@ -49,6 +52,7 @@ def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunM
     """
     from bluesky import RunEngine
 
+    from .raw_record import FramesPublishedNote
     from .raw_writer import raw_run_writer
 
     if session.publisher is None or session.client is None:
@@ -56,5 +60,6 @@ def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunM
     RE = RunEngine({}, call_returns_result=False)
     RE.subscribe(session.publisher)
     RE.subscribe(monitor)
+    RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
     RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=batch_size))
     return RE

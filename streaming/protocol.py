@@ -116,6 +116,8 @@ MAX_PAYLOAD_BYTES: Final = 1 << 30
 MAX_HEADER_BYTES: Final = 1 << 20
 #: Most entries in a frame ``shape`` (the batch axis included).
 MAX_NDIM: Final = 4
+#: Most frame streams a stop document's ``frames_published`` may name.
+MAX_STREAMS: Final = 256
 
 _KIND_FRAME: Final = "frame"
 _KIND_DOCUMENT: Final = "document"
@@ -267,11 +269,18 @@ class DocumentMessage:
         Document name, one of :data:`DOCUMENT_NAMES`.
     doc : dict
         The document.
+    frames_published : dict of str to int, optional
+        On a stop document: frames the sending publisher put on the bus for each frame
+        stream of the run (header field ``frames_published``). Frames lost after a
+        stream's last received one leave no jump in the sequence numbers; this count
+        is how a receiver sees that tail gap. None on other documents and from
+        publishers that do not send it.
     """
 
     header: Header
     name: str
     doc: dict[str, Any]
+    frames_published: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -540,9 +549,14 @@ def pack_document(doc: Mapping[str, Any]) -> bytes:
 
 
 def _document_parts(
-    name: str, body: bytes, run_uid: str, seq: int, ts: float | None = None
+    name: str,
+    body: bytes,
+    run_uid: str,
+    seq: int,
+    ts: float | None = None,
+    frames_published: Mapping[str, int] | None = None,
 ) -> list[bytes]:
-    header = {
+    header: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
         "kind": _KIND_DOCUMENT,
         "run_uid": run_uid,
@@ -551,6 +565,8 @@ def _document_parts(
         "ts": _now(ts),
         "name": name,
     }
+    if frames_published is not None:
+        header["frames_published"] = {str(k): int(v) for k, v in frames_published.items()}
     return [TOPIC_DOCUMENT, msgpack.packb(header), body]
 
 
@@ -764,8 +780,15 @@ def _decode_document(parts: Sequence[Any], header: dict[str, Any]) -> DocumentMe
         raise FrameDecodeError("document", f"not valid msgpack ({exc!s:.80})") from exc
     if type(doc) is not dict:
         raise _bad("document", "must be a map", doc)
+    published = header.get("frames_published")
+    if published is not None:
+        if type(published) is not dict or len(published) > MAX_STREAMS:
+            raise _bad("frames_published", f"must be a map of at most {MAX_STREAMS} entries", published)
+        for key, value in published.items():
+            if type(key) is not str or type(value) is not int or value < 0:
+                raise _bad("frames_published", "must map stream names (str) to counts (int >= 0)", published)
     return DocumentMessage(
-        Header(PROTOCOL_VERSION, _KIND_DOCUMENT, run_uid, stream, seq, ts), name, doc
+        Header(PROTOCOL_VERSION, _KIND_DOCUMENT, run_uid, stream, seq, ts), name, doc, published
     )
 
 

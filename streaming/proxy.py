@@ -33,7 +33,8 @@ _ids = itertools.count()
 
 
 def _bind_pair(
-    context: zmq.Context, frontend: str, backend: str, hwm: int, curve: CurveConfig | None = None
+    context: zmq.Context, frontend: str, backend: str, hwm: int, curve: CurveConfig | None = None,
+    sndbuf: int = 0,
 ) -> tuple[zmq.Socket, zmq.Socket]:
     xsub = context.socket(zmq.XSUB)
     xpub = context.socket(zmq.XPUB)
@@ -44,6 +45,8 @@ def _bind_pair(
             socket.setsockopt(zmq.RCVHWM, hwm)
             if curve is not None:
                 curve.secure_server(socket)
+        if sndbuf > 0:
+            xpub.setsockopt(zmq.SNDBUF, sndbuf)
         xsub.bind(frontend)
         xpub.bind(backend)
     except Exception:
@@ -65,6 +68,7 @@ def run_proxy(
     context: zmq.Context | None = None,
     hwm: int = DEFAULT_HWM,
     curve: CurveConfig | None = None,
+    sndbuf: int = 0,
 ) -> None:
     """Forward the bus in the calling thread until `context` is terminated.
 
@@ -81,9 +85,13 @@ def run_proxy(
         Send and receive high-water marks of both sockets, in messages.
     curve : CurveConfig, optional
         Both sockets are CURVE servers (publishers and subscribers its clients).
+    sndbuf : int, optional
+        Kernel send buffer (``SO_SNDBUF``) of each subscriber's connection, bytes; 0
+        keeps the OS default (autotuned, up to ``net.ipv4.tcp_wmem``, megabytes).
+        With the high-water mark it bounds what waits for a slow subscriber.
     """
     context = context or zmq.Context.instance()
-    xsub, xpub = _bind_pair(context, frontend, backend, hwm, curve)
+    xsub, xpub = _bind_pair(context, frontend, backend, hwm, curve, sndbuf)
     logger.info("proxy: publishers -> %s, subscribers -> %s", _endpoint(xsub), _endpoint(xpub))
     try:
         zmq.proxy(xsub, xpub)
@@ -109,6 +117,8 @@ class ProxyThread:
         High-water marks of the proxy sockets, in messages.
     curve : CurveConfig, optional
         Both sockets are CURVE servers; default plain TCP (loopback).
+    sndbuf : int, optional
+        Kernel send buffer per subscriber connection, bytes (0: OS default).
 
     Examples
     --------
@@ -125,8 +135,10 @@ class ProxyThread:
         context: zmq.Context | None = None,
         hwm: int = DEFAULT_HWM,
         curve: CurveConfig | None = None,
+        sndbuf: int = 0,
     ) -> None:
         self._curve = curve
+        self._sndbuf = sndbuf
         self._frontend = frontend
         self._backend = backend
         self._context = context or zmq.Context.instance()
@@ -188,7 +200,7 @@ class ProxyThread:
         try:
             control.bind(self._control)
             xsub, xpub = _bind_pair(
-                self._context, self._frontend, self._backend, self._hwm, self._curve
+                self._context, self._frontend, self._backend, self._hwm, self._curve, self._sndbuf
             )
             sockets = (control, xsub, xpub)
             self._addresses = (_endpoint(xsub), _endpoint(xpub))
@@ -248,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ----------
     argv : sequence of str, optional
         Arguments (default ``sys.argv[1:]``): ``--frontend``, ``--backend``,
-        ``--hwm``. CURVE encryption from the environment
+        ``--hwm``, ``--sndbuf``. CURVE encryption from the environment
         (:meth:`CurveConfig.from_env <speckleflow.streaming.curve.CurveConfig.from_env>`).
 
     Returns
@@ -263,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frontend", default=DEFAULT_FRONTEND, help="endpoint for publishers")
     parser.add_argument("--backend", default=DEFAULT_BACKEND, help="endpoint for subscribers")
     parser.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="high-water mark (messages)")
+    parser.add_argument("--sndbuf", type=int, default=0,
+                        help="kernel send buffer per subscriber connection (bytes; 0: OS default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -280,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"speckleflow proxy: CURVE configuration: {exc}", file=sys.stderr)
         return 2
-    proxy = ProxyThread(args.frontend, args.backend, hwm=args.hwm, curve=curve)
+    proxy = ProxyThread(args.frontend, args.backend, hwm=args.hwm, curve=curve, sndbuf=args.sndbuf)
     try:
         try:
             proxy.start()

@@ -193,7 +193,9 @@ class BusPublisher:
         """Publish one Bluesky document.
 
         The run uid comes from the start document, ``run_start``, or the descriptor /
-        resource / stream_resource the document refers to.
+        resource / stream_resource the document refers to. A stop document's message
+        carries ``frames_published`` (frames this publisher sent per frame stream of the
+        run) in its header, so receivers can count frames lost at the end of a stream.
 
         Parameters
         ----------
@@ -222,7 +224,17 @@ class BusPublisher:
             run_uid = self._run_uid_for(name, doc)
             key = (run_uid, DOCUMENT_STREAM)
             seq = self._next_seq.get(key, 0)
-            self._socket.send_multipart(_document_parts(name, body, run_uid, seq))
+            published = None
+            if name == "stop":
+                # Frames lost after a stream's last received one leave no jump in the
+                # sequence numbers: the stop carries how many there were.
+                published = {
+                    stream: n for (uid, stream), n in self._next_seq.items()
+                    if uid == run_uid and stream != DOCUMENT_STREAM
+                }  # as frames_published(), already under the lock
+            self._socket.send_multipart(
+                _document_parts(name, body, run_uid, seq, frames_published=published)
+            )
             self._next_seq[key] = seq + 1
             if name == "stop":
                 if run_uid == self._current_run_uid:
@@ -265,6 +277,14 @@ class BusPublisher:
             self._socket.send_multipart(encode_heartbeat(self.name, seq, run_uid=run_uid))
             self._heartbeats = seq + 1
         return seq
+
+    def frames_published(self, run_uid: str) -> dict[str, int]:
+        """Frames this publisher sent per frame stream of run ``run_uid`` (during or after it)."""
+        with self._lock:
+            return {
+                stream: n for (uid, stream), n in self._next_seq.items()
+                if uid == run_uid and stream != DOCUMENT_STREAM
+            }
 
     def next_seq(self, run_uid: str, stream: str) -> int:
         """Sequence number the next frame (or document) of this stream will get."""

@@ -65,6 +65,10 @@ class BusReceiver:
         Minimum time between two warnings about the same field, seconds.
     curve : CurveConfig, optional
         Encrypt the link (this end is the CURVE client); default plain TCP.
+    rcvbuf : int, optional
+        Kernel receive buffer (``SO_RCVBUF``), bytes; 0 keeps the OS default
+        (autotuned, up to ``net.ipv4.tcp_rmem``, often tens of MiB). ``rcvhwm`` bounds
+        the messages ZeroMQ queues; this bounds the bytes the kernel holds.
 
     Attributes
     ----------
@@ -84,6 +88,7 @@ class BusReceiver:
         warn_interval_s: float = 5.0,
         curve: CurveConfig | None = None,
         max_queued_bytes: int | None = None,
+        rcvbuf: int = 0,
     ) -> None:
         if isinstance(rcvhwm, bool) or int(rcvhwm) != rcvhwm or rcvhwm < 1:
             raise ValueError(f"rcvhwm must be a positive number of messages, got {rcvhwm!r}")
@@ -108,6 +113,8 @@ class BusReceiver:
         self._suppressed: Counter[str] = Counter()
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        if rcvbuf > 0:
+            self._socket.setsockopt(zmq.RCVBUF, rcvbuf)
         self._socket.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic)

@@ -83,6 +83,46 @@ class SequenceTracker:
             state[_NEXT] = seq + n
         return 0
 
+    def close(self, run_uid: str, stream: str, total: int) -> int:
+        """Account for the end of a stream of which ``total`` items were published.
+
+        Items after the last one received leave no jump in the sequence numbers (no
+        later message reveals them); the publisher's count does. They are counted as
+        missed, in one gap.
+
+        Parameters
+        ----------
+        run_uid, stream : str
+            Identify the sequence.
+        total : int
+            Items the publisher sent on this stream (≥ 0), e.g. from a stop
+            document's ``frames_published``.
+
+        Returns
+        -------
+        int
+            Items missed at the end of the stream (0 if none).
+
+        Raises
+        ------
+        ValueError
+            If `total` is negative.
+        """
+        if total < 0:
+            raise ValueError(f"total must be >= 0, got {total}")
+        state = self._streams.get((run_uid, stream))
+        if state is None:
+            state = self._streams[(run_uid, stream)] = [0, 0, 0, 0]
+        tail = total - state[_NEXT]
+        if tail <= 0:
+            return 0
+        state[_NEXT] = total
+        state[_MISSED] += tail
+        state[_GAPS] += 1
+        self.missed += tail
+        self.gaps += 1
+        return tail
+
     def expected(self, run_uid: str, stream: str) -> int:
         """Next sequence number expected for ``(run_uid, stream)`` (0 if unseen)."""
         state = self._streams.get((run_uid, stream))

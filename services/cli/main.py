@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from enum import Enum
@@ -635,6 +636,47 @@ def serve_command(
         raise typer.Exit(1) from exc
 
 
+@app.command("replay")
+def replay_command(
+    backup_dir: Annotated[
+        Path, typer.Argument(help="TiledWriter's backup directory (DATA_DIR/backup), or one *.jsonl file in it.")
+    ],
+    data_dir: DataDirOpt = Path("speckleflow-data"),
+    tiled_uri: TiledUriOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Write runs that TiledWriter could not write (Tiled was down) from its backup into raw/.
+
+    Each backed-up run (one *.jsonl file per run) replaces the partial raw/<uid> left by the
+    failed write; the detector files stay where they are and are registered again. A run
+    already complete in Tiled is left alone, and a file whose run is complete is renamed
+    *.jsonl.replayed, so replaying twice is harmless. Exit status 1 if any run is still
+    incomplete or a file could not be read.
+    """
+    from rich.console import Console
+    from speckleflow.services.raw_record import replay_file
+    from speckleflow.services.tiled_server import tiled_client
+
+    console = Console()
+    files = [backup_dir] if backup_dir.is_file() else sorted(backup_dir.glob("*.jsonl"))
+    if not files:
+        console.print(f"no *.jsonl backup in {backup_dir}")
+        return
+    failed = 0
+    with tiled_client(data_dir, tiled_uri, api_key) as client:
+        for path in files:
+            try:
+                check = replay_file(client, path)
+                console.print(f"{path.name}: raw/{check.uid} {check.status}"
+                              + ("" if check.has_stop else " (the backup has no stop document)"))
+                failed += not check.complete
+            except (ValueError, OSError, KeyError) as exc:
+                failed += 1
+                console.print(f"[red]{path.name}: not replayed: {exc}[/red]")
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("worker")
 def worker_command(
     kind: Annotated[
@@ -650,6 +692,18 @@ def worker_command(
     detector: Annotated[
         str | None, typer.Option(help="Detector (bus stream) to use; default ccd (fth, cci), celeritas (g2).")
     ] = None,
+    rcvhwm: Annotated[
+        int, typer.Option(min=1, help="Receive high-water mark of the bus socket (messages); beyond it frames "
+                          "are dropped and counted as gaps, so queued memory stays bounded.")
+    ] = 10_000,
+    rcvbuf: Annotated[
+        int, typer.Option(min=0, help="Kernel receive buffer of the bus socket (bytes); 0 keeps the OS default "
+                          "(autotuned, often tens of MiB of frames before --rcvhwm applies).")
+    ] = 0,
+    debug_frame_delay: Annotated[
+        float, typer.Option(min=0.0, help="Debugging and fault tests only: an artificial delay per frame (s) "
+                            "that makes this worker a slow consumer. 0 adds nothing.")
+    ] = 0.0,
 ) -> None:
     """One online worker process (what `speckleflow run` starts and compose.yaml runs).
 
@@ -664,6 +718,11 @@ def worker_command(
     from speckleflow.services.workers.base import Worker
     from speckleflow.streaming import CurveConfig
     from tiled.client import from_uri
+
+    # The results thread's first table writes would import these in the middle of the
+    # first run (~150 MiB, seconds on a loaded machine, frames dropped meanwhile).
+    for module in ("pandas", "pyarrow"):
+        importlib.import_module(module)
 
     settings = WorkerSettings()
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
@@ -681,7 +740,7 @@ def worker_command(
 
         unit = FTHPreviewUnit(results, n_rolling=n_rolling, rate_hz=rate, detector=detector or "ccd")
     from speckleflow.services.status_publisher import StatusPublisher
-    from speckleflow.services.workers.resume import tiled_run_documents
+    from speckleflow.services.workers.resume import tiled_run_documents, tiled_run_stop
 
     worker = Worker(
         unit,
@@ -693,6 +752,10 @@ def worker_command(
         curve=CurveConfig.from_env(),
         run_documents=tiled_run_documents(lambda: from_uri(tiled_uri, api_key=api_key)),
         max_queued_bytes=settings.max_queued_bytes,
+        run_stop=tiled_run_stop(lambda: from_uri(tiled_uri, api_key=api_key)),
+        rcvhwm=rcvhwm,
+        rcvbuf=rcvbuf,
+        frame_delay_s=debug_frame_delay,
     )
     worker.install_signal_handlers()
     raise typer.Exit(worker.serve())

@@ -160,6 +160,7 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         ScanController,
     )
     from speckleflow.services.raw_writer import raw_run_writer
+    from speckleflow.services.raw_record import FramesPublishedNote, RawRecordCheckAtStop
     from tiled.client import from_uri
 
     s = settings or QueueProfileSettings()  # type: ignore[call-arg]
@@ -182,7 +183,9 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         camera = Celeritas(liquid, scan, data_dir.detector, publisher=publisher, name="celeritas")
     RE = RunEngine({})
     RE.subscribe(publisher)
+    RE.subscribe(FramesPublishedNote(publisher, client))  # before TiledWriter writes the stop
     RE.subscribe(raw_run_writer(client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+    RE.subscribe(RawRecordCheckAtStop(client, data_dir.backup))  # replays a backup if TiledWriter failed
     RE.md["sample"] = {
         "source": sample.states.source,
         "n_states": sample.n_states,

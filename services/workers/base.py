@@ -21,6 +21,16 @@ frame of such a run it asks ``run_documents`` (normally :func:`tiled_run_documen
 the start document and stream descriptors TiledWriter stored in ``raw/<uid>``) and,
 once it has them, resumes with the following frames; the frames it missed before are
 the gap its receiver counts (a stream first seen at ``seq = k`` has missed ``k``).
+
+Documents and frames share the bus and its high-water marks, so a slow worker can lose
+a stop document with the frames around it, and nothing on the bus would ever end its
+run. The raw record is the fallback here too: while a run is open and its messages have
+stopped for :data:`STOP_QUIET_S`, or when the next run starts, the worker asks
+``run_stop`` (normally :func:`tiled_run_stop`: the stop document TiledWriter stored in
+``raw/<uid>`` and the frames published per stream the orchestrator noted next to it)
+and closes the run with it; the status then says ``stop_source: "raw record"``. A run
+whose stop cannot be found by the time the next run starts is closed with exit status
+``unknown``.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -55,8 +66,15 @@ log = logging.getLogger(__name__)
 #: late, or None while they are not available (yet).
 RunDocuments = Callable[[str], "tuple[dict[str, Any], list[dict[str, Any]]] | None"]
 
+#: ``run_stop(run_uid)`` → ``(stop, frames_published or None)`` once the run's stop
+#: document is in the raw record, else None.
+RunStop = Callable[[str], "tuple[dict[str, Any], dict[str, int] | None] | None"]
+
 #: Seconds between two attempts to fetch the documents of the same unknown run.
 RESUME_RETRY_S = 1.0
+#: Seconds without a message of the open run after which the worker looks for its stop
+#: document in the raw record (it may have been dropped at a high-water mark).
+STOP_QUIET_S = 2.0
 #: Seconds between two log lines about the same drop reason.
 DROP_LOG_INTERVAL_S = 5.0
 
@@ -111,6 +129,9 @@ class Worker:
         :class:`~speckleflow.streaming.BusReceiver`): RCVHWM follows the largest
         message so that the queue stays within it. The ``speckleflow worker`` command
         sets it from ``SPECKLEFLOW_RCV_QUEUE_MIB``.
+    rcvbuf : int
+        Kernel receive buffer of the bus socket, bytes (0: the OS default, which can
+        hold tens of MiB of frames before the high-water mark is reached).
     tiled_status_interval : float
         Seconds between two status updates in ``analysis/<uid>/workers/<kind>``.
     curve : CurveConfig, optional
@@ -118,6 +139,20 @@ class Worker:
     run_documents : callable, optional
         Fetches the start document and descriptors of a run whose start this worker
         never saw (see :data:`RunDocuments`); without it such frames are dropped.
+    run_stop : callable, optional
+        Fetches the stop document of a run from the raw record when the bus lost it
+        (see :data:`RunStop`); without it such a run stays open until the next starts.
+    stop_quiet_s : float
+        Seconds without a message of the open run before ``run_stop`` is asked.
+    frame_delay_s : float
+        Debugging and fault tests only: an artificial delay, seconds per frame, before
+        each batch reaches the unit — a slow consumer on demand (``speckleflow worker
+        --debug-frame-delay``). 0 (the default) adds nothing.
+
+    Raises
+    ------
+    ValueError
+        If ``frame_delay_s`` is negative or not a number.
     """
 
     def __init__(
@@ -129,16 +164,32 @@ class Worker:
         results: ResultsPublisher | None = None,
         status_interval: float = 0.5,
         rcvhwm: int = 10_000,
+        rcvbuf: int = 0,
         tiled_status_interval: float = 1.0,
         curve: CurveConfig | None = None,
         run_documents: RunDocuments | None = None,
         status_results: StatusPublisher | None = None,
         max_queued_bytes: int | None = None,
+        run_stop: RunStop | None = None,
+        stop_quiet_s: float = STOP_QUIET_S,
+        frame_delay_s: float = 0.0,
     ) -> None:
+        if not frame_delay_s >= 0:
+            raise ValueError(f"frame_delay_s must be >= 0 s, got {frame_delay_s!r}")
         self.unit = unit
         self.status_results = status_results
-        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve, max_queued_bytes=max_queued_bytes)
+        self.receiver = BusReceiver(bus_address, rcvhwm=rcvhwm, curve=curve, max_queued_bytes=max_queued_bytes,
+                                    rcvbuf=rcvbuf)
         self.run_documents = run_documents
+        self.run_stop = run_stop
+        self.stop_quiet_s = float(stop_quiet_s)
+        #: Where the open run's last message arrived (monotonic s) and when its stop was
+        #: last looked for in the raw record.
+        self._last_run_msg = time.monotonic()
+        self._stop_attempt = 0.0
+        self._stop_lookup: tuple[str, Future[Any]] | None = None
+        self._lookup_pool: ThreadPoolExecutor | None = None
+        self.stop_source = ""
         self.resumed_runs: set[str] = set()
         self._resume_attempt: dict[str, float] = {}
         self._last_drop_log: dict[str, float] = {}
@@ -151,6 +202,10 @@ class Worker:
         self.frames_seen = 0
         self.frames_processed = 0
         self.dropped: Counter[str] = Counter()
+        #: Frames lost at the end of a stream (after its last received frame), per
+        #: stream, known from the stop's ``frames_published``; included in ``missed``.
+        self.tail_missed: Counter[str] = Counter()
+        self.frame_delay_s = float(frame_delay_s)
         self.heartbeat_seen = False
         self.last_frame_ts: float | None = None
         self.lag_s = 0.0
@@ -175,6 +230,7 @@ class Worker:
                 msg = self.receiver.recv(timeout_ms=50)
                 if msg is not None:
                     self._dispatch(msg)
+                self._check_quiet_run()
                 now = time.time()
                 try:
                     self.unit.tick(now)
@@ -184,6 +240,8 @@ class Worker:
                     self.push_status()
                     next_status = now + self.status_interval
         finally:
+            if self._lookup_pool is not None:
+                self._lookup_pool.shutdown(wait=False, cancel_futures=True)
             if self.results is not None:
                 self.results.close(timeout=30)
             if self.status_results is not None:
@@ -237,17 +295,101 @@ class Worker:
                 return
             self._begin_run(uid, doc)
         elif name == "descriptor" and doc.get("run_start") in self.runs_seen:
+            if doc.get("run_start") == self.run_uid:
+                self._last_run_msg = time.monotonic()
             self.unit.descriptor(doc)
-        elif name == "stop" and doc.get("run_start") in self.runs_seen:
-            self.unit.stop_run(doc)
-            self.run_state = f"stopped ({doc.get('exit_status')})"
-            self.publish_run_status(final=True)
-            self.push_status()
+        elif name == "stop" and doc.get("run_start") == self.run_uid and self.run_state == "running":
+            self._end_run(doc, msg.frames_published or {}, "bus")
+
+    def _end_run(self, stop: dict[str, Any], frames_published: dict[str, int], source: str) -> None:
+        """Close the open run with its stop document (from the bus or the raw record)."""
+        assert self.run_uid is not None
+        self._close_streams(self.run_uid, frames_published)
+        self.stop_source = source
+        self.unit.stop_run(stop)
+        self.run_state = f"stopped ({stop.get('exit_status')})"
+        self.publish_run_status(final=True)
+        self.push_status()
+
+    def _fetch_stop(self, uid: str) -> tuple[dict[str, Any], dict[str, int] | None] | None:
+        if self.run_stop is None:
+            return None
+        self._stop_attempt = time.monotonic()
+        try:
+            return self.run_stop(uid)
+        except Exception as exc:  # noqa: BLE001 - Tiled may be down; retry later
+            log.warning("%s: could not look for the stop document of run %s: %s", self.unit.kind, uid, exc)
+            return None
+
+    def _check_quiet_run(self) -> None:
+        """An open run whose messages stopped: look for its stop document in the raw record.
+
+        The lookup runs in a background thread (a Tiled that is down makes its client
+        retry for many seconds; the bus must keep being read meanwhile); its answer is
+        used only if the same run is still open when it arrives.
+        """
+        lookup = self._stop_lookup
+        if lookup is not None:
+            if not lookup[1].done():
+                return
+            self._stop_lookup = None
+            uid, future = lookup
+            found = future.result()
+            if found is not None and uid == self.run_uid and self.run_state == "running":
+                self._stop_from_record(found)
+            return
+        if self.run_state != "running" or self.run_uid is None or self.run_stop is None:
+            return
+        now = time.monotonic()
+        quiet = now - self._last_run_msg
+        # A paused run is quiet too: look less often the longer it lasts (1 s to 10 s).
+        if quiet < self.stop_quiet_s or now - self._stop_attempt < min(10.0, max(RESUME_RETRY_S, quiet / 4)):
+            return
+        self._stop_attempt = now
+        if self._lookup_pool is None:
+            self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stop-lookup")
+        self._stop_lookup = (self.run_uid, self._lookup_pool.submit(self._fetch_stop, self.run_uid))
+
+    def _stop_from_record(self, found: tuple[dict[str, Any], dict[str, int] | None]) -> None:
+        stop, frames_published = found
+        log.warning(
+            "%s: the stop document of run %s never arrived on the bus; read it back from the raw record%s",
+            self.unit.kind, self.run_uid, "" if frames_published is not None else " (frames published unknown)",
+        )
+        self._end_run(stop, frames_published or {}, "raw record")
+
+    def _close_missed_stop(self, uid: str) -> None:
+        """The next run started while ``uid`` was open: close it from the raw record, else as unknown."""
+        self._stop_lookup = None  # an answer still in flight is for this run: asked again here
+        found = self._fetch_stop(uid)
+        if found is not None:
+            self._stop_from_record(found)
+            return
+        log.warning("%s: run %s ended without a stop document on the bus or in the raw record", self.unit.kind, uid)
+        self._end_run(
+            {"run_start": uid, "exit_status": "unknown", "reason": "no stop document before the next run started"},
+            {}, "none",
+        )
+
+    def _close_streams(self, run_uid: str, frames_published: dict[str, int]) -> None:
+        """Count the frames lost after each stream's last received one (the tail gap)."""
+        for stream, total in frames_published.items():
+            tail = self.receiver.tracker.close(run_uid, stream, total)
+            if tail:
+                self.tail_missed[stream] += tail
+                log.warning(
+                    "%s: run %s stream %s ended with %d frame(s) lost after the last one received "
+                    "(%d published)", self.unit.kind, run_uid, stream, tail, total,
+                )
 
     def _begin_run(self, uid: str, start: dict[str, Any]) -> None:
+        if self.run_state == "running" and self.run_uid is not None and self.run_uid != uid:
+            self._close_missed_stop(self.run_uid)
         self.run_uid = uid
         self.runs_seen.add(uid)
         self.run_state = "running"
+        self.stop_source = ""
+        self._last_run_msg = time.monotonic()
         self._run_base = self._counters()
         self.unit.start_run(uid, start)
 
@@ -288,6 +430,8 @@ class Worker:
         self.frames_seen += n
         self.last_frame_ts = header.ts
         self.lag_s = max(0.0, time.time() - header.ts)
+        if header.run_uid == self.run_uid:
+            self._last_run_msg = time.monotonic()
         if header.run_uid not in self.runs_seen:
             if not self._resume(header.run_uid):
                 self._drop("no start document for run", n, header.run_uid)
@@ -305,6 +449,9 @@ class Worker:
         if msg.frames.dtype.kind == "f" and not np.isfinite(msg.frames).all():
             self._drop("non-finite values (NaN or inf)", n, f"{header.stream} seq {header.seq}")
             return
+        if self.frame_delay_s:
+            # The simulated slow computation (debug option), not synchronisation.
+            self.stop_event.wait(self.frame_delay_s * n)
         used = self.unit.frames(msg)
         self.frames_processed += used
         if used < n:
@@ -319,11 +466,13 @@ class Worker:
             "ready": self.heartbeat_seen,
             "run_uid": self.run_uid,
             "run_state": self.run_state,
+            "stop_source": self.stop_source,
             "frames_seen": self.frames_seen,
             "frames_processed": self.frames_processed,
             "missed": counters["missed"],
             "gaps": counters["gaps"],
             "documents_missed": counters["documents_missed"],
+            "tail_missed": counters["tail_missed"],
             "decode_errors": counters["decode_errors"],
             "dropped": dict(self.dropped),
             "lag_s": round(self.lag_s, 4),
@@ -351,6 +500,7 @@ class Worker:
             "missed": bus.get("missed", 0) - docs_missed,
             "gaps": bus.get("gaps", 0) - docs_gaps,
             "documents_missed": docs_missed,
+            "tail_missed": sum(self.tail_missed.values()),
             "decode_errors": sum(bus.get("decode_errors", {}).values()),
             "dropped": dict(self.dropped),
         }
@@ -396,6 +546,7 @@ class Worker:
             worker=self.unit.kind,
             pid=os.getpid(),
             run_state=self.run_state,
+            stop_source=self.stop_source,
             lag_s=round(self.lag_s, 4),
             updated=now,
             results={**self.results.stats.as_dict(), "pending": self.results.pending},

@@ -82,3 +82,38 @@ def test_received_plus_missed_is_everything_sent(batches: list[tuple[bool, int]]
         seq += n
     assert tracker.received + tracker.missed == last_delivered_end
     assert tracker.out_of_order == 0
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 8)), max_size=60))
+def test_closing_with_the_published_count_accounts_for_the_tail(batches: list[tuple[bool, int]]) -> None:
+    """With the publisher's total at the end, frames lost after the last delivered one count too."""
+    tracker = SequenceTracker()
+    seq = 0
+    for delivered, n in batches:
+        if delivered:
+            tracker.update("r", "s", seq, n)
+        seq += n
+    assert tracker.close("r", "s", seq) >= 0
+    assert tracker.received + tracker.missed == seq
+    assert tracker.close("r", "s", seq) == 0  # closing twice adds nothing
+
+
+def test_close_rejects_a_negative_total() -> None:
+    with pytest.raises(ValueError, match="-1"):
+        SequenceTracker().close("r", "s", -1)
+
+
+def test_stop_message_carries_frames_published_and_bad_counts_are_rejected() -> None:
+    from speckleflow.streaming import FrameDecodeError, decode
+    from speckleflow.streaming.protocol import _document_parts, pack_document
+
+    body = pack_document({"uid": "s", "run_start": "r", "exit_status": "success"})
+    msg = decode(_document_parts("stop", body, "r", 3, frames_published={"ccd": 120}))
+    assert msg.frames_published == {"ccd": 120}
+    assert decode(_document_parts("stop", body, "r", 3)).frames_published is None
+    parts = _document_parts("stop", body, "r", 3)
+    header = msgpack.unpackb(parts[1])
+    for bad in ({"ccd": -1}, {"ccd": 1.5}, [1, 2], {"ccd": "7"}):
+        parts[1] = msgpack.packb({**header, "frames_published": bad})
+        with pytest.raises(FrameDecodeError, match="frames_published"):
+            decode(parts)

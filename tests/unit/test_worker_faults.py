@@ -411,3 +411,51 @@ def test_worker_keeps_running_while_the_run_documents_are_unavailable() -> None:
     assert len(attempts) == 1  # rate-limited: one attempt per second per run
     assert worker.dropped["no start document for run"] == 5
     assert unit.starts[0][0] == "next" and not unit.seqs
+
+
+# --------------------------------------------------------------------------- stop lost on the bus
+
+
+def test_worker_closes_a_run_whose_stop_was_lost_from_the_raw_record() -> None:
+    """Stop document and the last 3 frames lost: after a quiet spell the stop comes from the raw record."""
+    asked: list[str] = []
+    stop = {"uid": "s", "run_start": RUN, "exit_status": "success", "num_events": {"primary": 10}}
+
+    def run_stop(uid: str) -> tuple[dict[str, Any], dict[str, int]] | None:
+        asked.append(uid)
+        return (stop, {"ccd": 10}) if uid == RUN else None
+
+    unit = RecordingUnit()
+    with live_worker(unit, run_stop=run_stop, stop_quiet_s=0.3) as (worker, results, proxy):
+        sock = raw_pub(proxy)
+        try:
+            join(lambda: sock.send_multipart(encode_heartbeat("pub")), worker)
+            sock.send_multipart(encode_document("start", {"uid": RUN, "time": 0.0}, RUN, 0))
+            for seq in range(7):  # frames 7, 8, 9 and the stop never reach the worker
+                sock.send_multipart(encode_frames(RUN, "ccd", seq, np.zeros((1, 4, 4), np.uint16)), copy=False)
+            published = results.wait_final(RUN, "probe")
+        finally:
+            sock.close()
+    print(f"\nstop lost: frames produced 10, processed {published['frames_processed']}, missed "
+          f"{published['missed']} (tail {published['tail_missed']}), stop from {published['stop_source']}")
+    assert asked and set(asked) == {RUN}
+    assert unit.stops == [stop]
+    assert published["stop_source"] == "raw record" and published["run_state"] == "stopped (success)"
+    assert published["frames_processed"] == 7 and published["tail_missed"] == 3 and published["missed"] == 3
+
+
+def test_worker_closes_an_open_run_when_the_next_starts_without_its_stop() -> None:
+    unit = RecordingUnit()
+    with live_worker(unit, run_stop=lambda uid: None, stop_quiet_s=60) as (worker, results, proxy):
+        sock = raw_pub(proxy)
+        try:
+            join(lambda: sock.send_multipart(encode_heartbeat("pub")), worker)
+            sock.send_multipart(encode_document("start", {"uid": RUN, "time": 0.0}, RUN, 0))
+            sock.send_multipart(encode_document("start", {"uid": "next", "time": 1.0}, "next", 0))
+            first = results.wait_final(RUN, "probe")
+            unit.wait_for(lambda: len(unit.starts) == 2)
+        finally:
+            sock.close()
+    assert first["run_state"] == "stopped (unknown)" and first["stop_source"] == "none"
+    assert unit.stops[0]["exit_status"] == "unknown"
+    assert worker.run_uid == "next" and worker.run_state == "running"
