@@ -159,8 +159,8 @@ def build_profile(settings: QueueProfileSettings | None = None) -> QueueProfile:
         MagneticSample,
         ScanController,
     )
-    from speckleflow.services.raw_writer import raw_run_writer
     from speckleflow.services.raw_record import FramesPublishedNote, RawRecordCheckAtStop
+    from speckleflow.services.raw_writer import raw_run_writer
     from tiled.client import from_uri
 
     s = settings or QueueProfileSettings()  # type: ignore[call-arg]
