@@ -38,6 +38,7 @@ class _Op:
     dims: list[str] | None = None
     droppable: bool = False
     attempts: int = 0
+    seq: int = 0
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PublisherStats:
     dropped: int = 0
     retries: int = 0
     failed: int = 0
+    superseded: int = 0
     last_error: str = ""
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -57,6 +59,7 @@ class PublisherStats:
             "dropped": self.dropped,
             "retries": self.retries,
             "failed": self.failed,
+            "superseded": self.superseded,
             "last_error": self.last_error,
         }
 
@@ -75,6 +78,14 @@ class ResultsPublisher:
     max_attempts : int
         Attempts per operation before it is counted as failed and logged. Backoff
         doubles from 0.2 s to 5 s, so the default rides out ~1 minute of outage.
+
+    Notes
+    -----
+    Replacements (:meth:`replace_array`, :meth:`replace_table`) of a node are skipped
+    when a newer replacement of the same node is already queued (counted as
+    ``superseded``): when Tiled is slower than the worker's publishing rate, the
+    backlog holds at most one pending replacement per node instead of growing, and
+    the newest value is written first. Appends and metadata merges are never skipped.
     """
 
     def __init__(
@@ -89,6 +100,10 @@ class ResultsPublisher:
         self._queue: queue.Queue[_Op | None] = queue.Queue(maxsize=maxsize)
         self._max_attempts = max_attempts
         self._lengths: dict[tuple[str, ...], int] = {}
+        # Newest queued replacement per (kind, path): older ones are superseded.
+        self._newest: dict[tuple[str, tuple[str, ...]], int] = {}
+        self._seq = 0
+        self._seq_lock = threading.Lock()
         # Clients of nodes already known to exist: one HTTP request per operation
         # instead of two per path level. Cleared on any error.
         self._nodes: dict[tuple[str, ...], Any] = {}
@@ -200,6 +215,11 @@ class ResultsPublisher:
     # -- internals ---------------------------------------------------------------------
     def _submit(self, op: _Op) -> bool:
         self.stats.submitted += 1
+        if op.droppable and op.kind.startswith("replace"):
+            with self._seq_lock:
+                self._seq += 1
+                op.seq = self._seq
+                self._newest[(op.kind, op.path)] = op.seq
         try:
             self._queue.put_nowait(op)
             self._idle.clear()
@@ -216,6 +236,12 @@ class ResultsPublisher:
             if op is None:
                 self._queue.task_done()
                 return
+            if op.seq and self._newest.get((op.kind, op.path)) != op.seq:
+                self.stats.superseded += 1
+                self._queue.task_done()
+                if self._queue.unfinished_tasks == 0:
+                    self._idle.set()
+                continue
             delay = 0.2
             while True:
                 try:

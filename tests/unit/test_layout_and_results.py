@@ -57,6 +57,39 @@ def test_results_publisher_grows_arrays_and_tables(tiled_server, tiled_client):
     assert pub.stats.failed == 0 and pub.stats.dropped == 0
 
 
+def test_results_publisher_supersedes_queued_replacements(tiled_server, tiled_client):
+    # Tiled slower than the worker: the publisher thread is held at its first
+    # connection while 40 replacements of one node and 40 appends are queued. Only the
+    # newest replacement is written; every append is.
+    import threading
+
+    from tiled.client import from_uri
+
+    uid = str(uuid.uuid4())
+    release = threading.Event()
+
+    def slow_connect():
+        assert release.wait(30)
+        return from_uri(tiled_server.uri, api_key=tiled_server.api_key)
+
+    pub = ResultsPublisher(slow_connect)
+    md = provenance(uid, "g2", "test", {})
+    for i in range(40):
+        pub.replace_array((uid, "g2", "ensemble"), np.full((2, 3), i, np.float64), dims=["k_r", "lag"], metadata=md)
+        pub.append_table((uid, "g2", "history"), {"update": [i]}, metadata=md)
+    assert pub.pending == 80
+    release.set()
+    assert pub.flush(60)
+    pub.close()
+    node = analysis_container(tiled_client, uid, "g2")
+    assert np.all(node["ensemble"].read() == 39)
+    assert list(node["history"].read()["update"]) == list(range(40))
+    # the first replacement may already be in flight when the rest arrive
+    assert pub.stats.superseded >= 38 and pub.stats.written <= 42
+    assert pub.stats.failed == 0 and pub.stats.dropped == 0
+    assert pub.stats.as_dict()["superseded"] == pub.stats.superseded
+
+
 @pytest.mark.system
 def test_results_publisher_retries_until_server_is_back(tmp_path):
     """Tiled down at first: operations wait, then land when it comes up; intake never blocks."""
