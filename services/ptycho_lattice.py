@@ -12,6 +12,7 @@ see ``bench/bench_lattice.py``).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,27 +112,39 @@ def lattice_products(
         If fewer than two truth columns lie in the scanned field.
     """
     from .lattice.analysis import analyse_states
+    from .lattice.atoms import atom_table, register_sites
+    from .lattice.correlations import column_groups
     from .lattice.figures import correlation_figure, greens_figure
     from .lattice.truth import truth_reference
 
-    ref = truth_reference(truth["atom_positions"], truth["atom_equilibrium"])
+    positions = np.asarray(truth["atom_positions"], dtype=np.float64)
+    equilibrium = np.asarray(truth["atom_equilibrium"], dtype=np.float64)
+    # displacements and G need two or more configurations / object states; a coherent run
+    # (one configuration) or a one-state reconstruction still gets its columns located
+    vibrating = positions.shape[0] >= 2 and result.object_phase.shape[0] >= 2
+    ref = truth_reference(positions, equilibrium) if positions.shape[0] >= 2 else None
+    _, all_sites = column_groups(equilibrium)
     origin = np.asarray(start.get("scan_origin_A", [0.0, 0.0]), dtype=np.float64)
-    sites = ref.sites_A - origin
+    sites = all_sites - origin
     pos = np.asarray(result.positions_A, dtype=np.float64)
     lo, hi = pos.min(axis=0) - margin_A, pos.max(axis=0) + margin_A
     inside = np.flatnonzero(np.all((sites >= lo) & (sites <= hi), axis=1))
     if inside.size < 2:
         raise ValueError(f"only {inside.size} truth columns lie in the scanned field {lo}–{hi} Å")
     sites = sites[inside]
-    idx = np.stack([2 * inside, 2 * inside + 1], axis=1).ravel()
-    g_truth = ref.greens_sample_A2[np.ix_(idx, idx)]
     d = np.linalg.norm(sites[:, None] - sites[None], axis=-1)
     nn = float(np.min(d[d > 0.3]))  # columns closer than 0.3 Å are one column
     radius, cutoff = 0.35 * nn, 1.15 * nn
+    if not vibrating:
+        return _static_products(result, sites, nn, radius, atom_table, register_sites)
+    assert ref is not None
+    idx = np.stack([2 * inside, 2 * inside + 1], axis=1).ravel()
+    g_truth = ref.greens_sample_A2[np.ix_(idx, idx)]
     analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
                               radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth)
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
-    summary = {**scalars, "n_sites": len(sites), "nearest_neighbour_A": nn,
+    summary = {**scalars, **_position_error(analysis.atoms.positions_A, sites),
+               "n_sites": len(sites), "nearest_neighbour_A": nn,
                "com_radius_A": radius, "pair_cutoff_A": cutoff,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
                "reference": "G of the truth configurations, projected columns"}
@@ -142,3 +155,41 @@ def lattice_products(
     }
     return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_truth,
                            analysis.debye_waller_A2, summary, figures)
+
+
+def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float | None]:
+    """rms distance, Å, of the state-mean column positions from the truth sites.
+
+    Measured in the scan frame without the registration shift, so a misplaced object
+    (origin, scan geometry) shows here; None when no column was found.
+    """
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column found in no state
+        mean = np.nanmean(atoms_A, axis=0)
+    err = np.linalg.norm(mean - sites_A, axis=-1)
+    err = err[np.isfinite(err)]
+    return {"position_error_rms_A": float(np.sqrt(np.mean(err**2))) if err.size else None}
+
+
+def _static_products(result: Any, sites: np.ndarray, nn: float, radius: float,
+                     atom_table: Any, register_sites: Any) -> LatticeProducts:
+    """Columns of a coherent run or a one-state reconstruction: no displacements, no G.
+
+    The atoms are located as in the vibrating case (registration, peaks, centre of mass);
+    G, Debye-Waller, LSM and CSM need two configurations and two states and are NaN/None.
+    """
+    phase = np.asarray(result.object_phase)
+    mean_proj = phase.sum(axis=1, dtype=np.float64).mean(axis=0)
+    shift = register_sites(mean_proj, result.pixel_size_A, result.object_origin_A, sites)
+    table = atom_table(phase, result.pixel_size_A, result.object_origin_A, sites + shift, radius_A=radius)
+    n = 2 * len(sites)
+    nan_g = np.full((n, n), np.nan)
+    summary: dict[str, Any] = {
+        "found_fraction": table.found_fraction, **_position_error(table.positions_A, sites),
+        "u_rms_A": None, "lsm": None, "csm": None, "n_sites": len(sites),
+        "nearest_neighbour_A": nn, "com_radius_A": radius,
+        "registration_shift_A": [float(v) for v in shift],
+        "vibrations": "not analysed: displacements need two or more truth configurations and object states",
+    }
+    return LatticeProducts(sites, table.positions_A, nan_g, nan_g.copy(), np.full(len(sites), np.nan),
+                           summary, {})
