@@ -440,6 +440,7 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
         def num(key: str, fmt: str) -> str:
             return "—" if lat.get(key) is None else format(lat[key], fmt)
         table.add_row("columns found", f"{num('found_fraction', '.0%')} of {lat.get('n_sites')}")
+        table.add_row("column position error vs truth", f"{num('position_error_rms_A', '.3g')} Å rms")
         table.add_row("u rms", f"{num('u_rms_A', '.3g')} Å")
         table.add_row("LSM / CSM vs truth", f"{num('lsm', '.3f')} / {num('csm', '.3f')}")
         table.add_row("bond correlation ρ_L", num("bond_correlation_longitudinal", "+.3f"))
