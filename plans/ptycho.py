@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
+
+from .ecm import fly_raster
 
 __all__ = ["PROBE_KEYS", "ptycho_scan"]
 
@@ -149,20 +150,7 @@ def ptycho_scan(
     @bpp.stage_decorator([camera, scan])
     @bpp.run_decorator(md=_md)
     def inner() -> MsgGenerator:
-        yield from bps.mv(
-            scan.nx, nx, scan.ny, ny, scan.repeats, 1, scan.dwell, 1.0 / f,
-            scan.line_flyback, 0.0, scan.frame_flyback, 0.0, camera.frame_rate, f,
-        )  # fmt: skip
-        yield from bps.declare_stream(camera, name="primary", collect=True)
-        yield from bps.kickoff(camera, wait=True)
-        yield from bps.kickoff(scan, wait=True)
-        yield from bps.collect_while_completing(
-            [scan, camera], [camera], flush_period=flush_period, stream_name="primary"
-        )
-        truth = getattr(camera, "truth", None)
-        if truth is not None:
-            yield from bps.create("truth")
-            yield from bps.read(truth)
-            yield from bps.save()
+        # one raster, no flyback: the 5D-STEM fly with N_t = 1
+        yield from fly_raster(camera, scan, nx, ny, 1, f, flush_period=flush_period)
 
     return (yield from inner())

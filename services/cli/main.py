@@ -50,6 +50,23 @@ ApiKeyOpt = Annotated[
 ]
 
 
+
+def _run_and_exit(run: Callable[[], Any], console: Any) -> None:
+    """Run a ``speckleflow run …`` acquisition and map its outcome to the exit code:
+    0 success; 2 a bad option or a refused acquisition (``ValueError``, e.g.
+    AcquisitionConstraintError); 1 a failure (``RuntimeError``/``TimeoutError`` or a
+    run that failed); 130 an aborted run."""
+    try:
+        result = run()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if result.exit_status != "success":
+        raise typer.Exit(1 if result.exit_status == "fail" else 130)
+
 @run_app.command("cci")
 def run_cci_command(
     pairs: Annotated[int, typer.Option(help="Number of helicity pairs (+ then −); 2·pairs frames.", min=1)] = 400,
@@ -105,16 +122,7 @@ def run_cci_command(
         process=process,
         phase=phase,
     )
-    try:
-        result = run_cci(opts, console)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    if result.exit_status != "success":
-        raise typer.Exit(1 if result.exit_status == "fail" else 130)
+    _run_and_exit(lambda: run_cci(opts, console), console)
 
 
 @run_app.command("ecm")
@@ -166,16 +174,7 @@ def run_ecm_command(
         override=override, detector_rows=detector[0], detector_cols=detector[1], seed=seed, data_dir=data_dir,
         tiled_uri=tiled_uri, api_key=api_key, keep_serving=keep_serving,
     )
-    try:
-        result = run_ecm(opts, console, at_run_end=process_ecm_at_run_end if process else None)
-    except ValueError as exc:  # AcquisitionConstraintError is one
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    if result.exit_status != "success":
-        raise typer.Exit(1 if result.exit_status == "fail" else 130)
+    _run_and_exit(lambda: run_ecm(opts, console, at_run_end=process_ecm_at_run_end if process else None), console)
 
 
 class PhononModel(str, Enum):
@@ -228,16 +227,7 @@ def run_ptycho_command(
         sampling=sampling, slice_thickness=slice_thickness, seed=seed, cache_dir=cache_dir, data_dir=data_dir,
         tiled_uri=tiled_uri, api_key=api_key, keep_serving=keep_serving,
     )  # fmt: skip
-    try:
-        result = run_ptycho(opts, console)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    if result.exit_status != "success":
-        raise typer.Exit(1 if result.exit_status == "fail" else 130)
+    _run_and_exit(lambda: run_ptycho(opts, console), console)
 
 
 process_app = typer.Typer(
