@@ -686,6 +686,16 @@ def _least_squares_shift(images: np.ndarray, est: DriftEstimate, min_overlap: fl
                 ssd = float(np.mean(diff * diff))
                 if ssd < best - 1e-15 or (abs(ssd - best) <= 1e-15 and abs(dy) + abs(dx) < sum(map(abs, best_d))):
                     best, best_d = ssd, (dy, dx)
+        # No drift is the null hypothesis: a shift is taken only when its squared
+        # difference beats no shift by more than 3 standard errors of the mean squared
+        # difference (≈ ssd·√(2/n) for n Gaussian differences); otherwise the noise of an
+        # 8×8 field alone picked shifts of 1–2 steps on a sample that does not drift.
+        if best_d != (0, 0):
+            d0 = imgs[r] - ref
+            ssd0 = float(np.mean(d0 * d0))
+            n_best = (min(ny, ny - best_d[0]) - max(0, -best_d[0])) * (min(nx, nx - best_d[1]) - max(0, -best_d[1]))
+            if ssd0 - best <= 3.0 * ssd0 * np.sqrt(2.0 / n_best):
+                best_d = (0, 0)
         if tuple(np.rint(shift[r]).astype(int)) != best_d:
             shift[r] = best_d
             y0, y1 = max(0, -best_d[0]), min(ny, ny - best_d[0])
