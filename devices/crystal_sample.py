@@ -218,7 +218,7 @@ class SimulationParams:
 
 @dataclass
 class CrystalSampleTruth:
-    """Ground truth of a simulated crystal (``CAVIAR_CONTRACT.md`` truth keys).
+    """Ground truth of a simulated crystal (``services/ptycho/CAVIAR_CONTRACT.md`` truth keys).
 
     Attributes
     ----------
@@ -552,7 +552,7 @@ class CrystalSample:
         return np.zeros((*np.shape(t), 2), dtype=np.int64)
 
     def metadata(self) -> dict[str, Any]:
-        """Start-document keys of ``CAVIAR_CONTRACT.md`` (JSON-serialisable)."""
+        """Start-document keys of ``services/ptycho/CAVIAR_CONTRACT.md`` (JSON-serialisable)."""
         p = self.params
         positions = np.asarray(self.atoms.get_positions())  # type: ignore[attr-defined]
         return {

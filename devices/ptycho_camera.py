@@ -3,7 +3,7 @@
 :class:`PtychoCamera` is the flown :class:`~.celeritas.Celeritas` (same HDF5 file,
 StreamResource/StreamDatum, bus publishing) with a :class:`~.crystal_sample.CrystalSample`
 as its sample and :class:`CrystalTruth` as its ``truth`` sub-device, which the plan
-reads into the run's ``truth`` stream with the keys of ``CAVIAR_CONTRACT.md``:
+reads into the run's ``truth`` stream with the keys of ``services/ptycho/CAVIAR_CONTRACT.md``:
 
 * ``atom_positions`` (n_configurations, n_atoms, 3) float64 Å — every frozen-phonon
   configuration;

@@ -6,7 +6,7 @@ the run through StreamResource/StreamDatum), then reads the simulator's ground t
 into a ``truth`` stream. The start document carries what the reconstruction needs: the
 probe (energy, convergence semi-angle, defocus), the scan (step, shape, origin), the
 detector (shape, angular sampling) and the sample parameters — the keys fixed by
-``CAVIAR_CONTRACT.md``. Scan positions in Å are origin + (iy, ix)·step, with the
+``services/ptycho/CAVIAR_CONTRACT.md``. Scan positions in Å are origin + (iy, ix)·step, with the
 per-frame (ix, iy) in the primary stream's ``<camera>_scan_ix`` / ``<camera>_scan_iy``.
 
 References

@@ -1,6 +1,6 @@
 """``speckleflow process ptycho <run uid>``: mixed-object multislice ptychography of a stored run.
 
-Reads ``raw/<uid>`` as CAVIAR_CONTRACT.md fixes it — the start document's probe and
+Reads ``raw/<uid>`` as services/ptycho/CAVIAR_CONTRACT.md fixes it — the start document's probe and
 detector parameters (``energy_eV``, ``semiangle_mrad``, ``defocus_A``,
 ``angular_sampling_mrad``, ``scan_step_A``, ``scan_shape``, ``sample_thickness_A``), the
 camera's frames ``<detector>_image`` (n_positions, qy, qx) in raster order and the scan

@@ -4,7 +4,7 @@ Glue between a :class:`~speckleflow.services.ptycho.result.ReconstructionResult`
 run's ``truth`` stream and :func:`speckleflow.services.lattice.analysis.analyse_states`
 (Gladyshev et al. 2025, eqs. 1–4): the expected projected sites come from the truth's
 equilibrium structure, moved into the scan frame (scan position (y, x) Å =
-``scan_origin_A`` + (iy, ix)·``scan_step_A``, CAVIAR_CONTRACT.md) and restricted to the
+``scan_origin_A`` + (iy, ix)·``scan_step_A``, services/ptycho/CAVIAR_CONTRACT.md) and restricted to the
 scanned field; the reference G is that of the truth configurations projected onto the
 same columns (with ~10 states, sampling alone limits the agreement with the analytic G,
 see ``bench/bench_lattice.py``).

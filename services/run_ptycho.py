@@ -9,7 +9,7 @@
 3. A RunEngine runs :func:`speckleflow.plans.ptycho_scan` with the DE-Celeritas-like
    :class:`~speckleflow.devices.ptycho_camera.PtychoCamera` flown by the scan
    controller; TiledWriter writes ``raw/<uid>`` (start document with the probe, scan,
-   detector and sample keys of ``CAVIAR_CONTRACT.md``, the ``primary`` frames from the
+   detector and sample keys of ``services/ptycho/CAVIAR_CONTRACT.md``, the ``primary`` frames from the
    camera's HDF5 file, the ``truth`` stream with every configuration's atom positions
    and the analytic Green's tensor).
 4. A summary: frames in the camera file and in Tiled, the simulation time (or cache

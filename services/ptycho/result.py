@@ -78,7 +78,7 @@ class PtychoData:
 
 @dataclass
 class ReconstructionResult:
-    """What :func:`~speckleflow.services.ptycho.fit.reconstruct` returns (CAVIAR_CONTRACT).
+    """What :func:`~speckleflow.services.ptycho.fit.reconstruct` returns (services/ptycho/CAVIAR_CONTRACT.md).
 
     Attributes
     ----------

@@ -1,4 +1,4 @@
-"""speckleflow process ptycho end to end: a run in the contract's format (CAVIAR_CONTRACT.md),
+"""speckleflow process ptycho end to end: a run in the contract's format (services/ptycho/CAVIAR_CONTRACT.md),
 written by a real RunEngine + TiledWriter into the Tiled fixture, reconstructed and
 published under analysis/<uid>/ptycho; the command line on the same run.
 
