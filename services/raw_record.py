@@ -195,13 +195,32 @@ def check_raw_run(client: Any, uid: str, expected: dict[str, int]) -> RawRecordC
         if stream not in streams:
             missing[stream] = {"*": [[0, n - 1]]}
             continue
-        node = run[stream]
-        for key in list(node):
-            have = int(node[key].shape[0])
+        for keys, have in _stream_lengths(run[stream]):
             if have < n:  # TiledWriter appends in order: what is missing is a tail
-                missing.setdefault(stream, {})[key] = [[have, n - 1]]
+                for key in keys:
+                    missing.setdefault(stream, {})[key] = [[have, n - 1]]
     status = "complete" if has_stop and not missing else "incomplete"
     return RawRecordCheck(uid, status, dict(expected), missing, has_stop)
+
+
+def _stream_lengths(node: Any) -> Iterator[tuple[list[str], int]]:
+    """(data keys, rows held) per part of one event stream, in 1 + (number of tables) requests.
+
+    An event stream is a Tiled composite node: one table of the scalar keys (its
+    columns grow together as TiledWriter appends rows) and an array per detector key.
+    Asking the composite for each key separately costs two requests per key (62 for a
+    CCI run), which at run end, on a server busy with the workers' final writes,
+    took 15 s of a Ctrl-C shutdown.
+    """
+    for part, item in node.get_contents().items():
+        attributes = item["attributes"]
+        structure = attributes["structure"]
+        if attributes["structure_family"] == "table":
+            columns = list(structure["columns"])
+            if columns:
+                yield columns, int(node.base[f"{part}/{columns[0]}"].shape[0])
+        else:
+            yield [part], int(structure["shape"][0])
 
 
 def replay_backup(client: Any, path: str | Path, *, batch_size: int = 50) -> str:

@@ -57,7 +57,10 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
         children = [p for p in _processes_mentioning(str(data_dir)) if p != proc.pid]
         assert children, "expected Tiled, proxy and worker processes"
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired as e:  # show how far the shutdown got
+            pytest.fail(f"no exit within 120 s of Ctrl-C; output so far:\n{e.output}")
     finally:
         if proc.poll() is None:
             proc.kill()
