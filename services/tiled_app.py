@@ -76,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {KEY_ENV} is not set; refusing to serve without an API key", file=sys.stderr)
         return 2
 
-    from .tiled_auth import READER, WRITER, authentication, check_key, provision_api_keys
+    from .tiled_auth import (
+        READER,
+        WRITER,
+        authentication,
+        cache_api_key_lookups,
+        check_key,
+        provision_api_keys,
+    )
 
     read_key = settings.tiled_read_api_key.get_secret_value() if settings.tiled_read_api_key else None
     read_key = read_key or None
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     _wait_for_sqlite_locks()
+    cache_api_key_lookups()
     from tiled.catalog import from_uri
     from tiled.config import Database
     from tiled.server.app import build_app

@@ -71,3 +71,38 @@ def test_bad_keys_are_refused_without_being_shown(tmp_path):
     key = secrets.token_hex(16)
     with pytest.raises(ValueError, match="must differ"):
         provision_api_keys(uri, {WRITER: key, READER: key})
+
+
+def test_key_lookups_are_cached_per_key_and_refusals_are_not(monkeypatch):
+    from speckleflow.services import tiled_auth
+    from tiled.server import authentication as authn
+
+    calls: list[str] = []
+
+    async def principal(api_key, authenticated, db, settings):
+        calls.append(api_key)
+        return None if api_key == "bad" else f"principal of {api_key}"
+
+    async def scopes(api_key, settings, authenticated, db):
+        calls.append("scopes " + api_key)
+        return {"read:data"}
+
+    async def tags(api_key, authenticated, db):
+        return None
+
+    monkeypatch.setattr(authn, "get_current_principal_from_api_key", principal)
+    monkeypatch.setattr(authn, "get_scopes_from_api_key", scopes)
+    monkeypatch.setattr(authn, "get_access_tags_from_api_key", tags)
+    tiled_auth.cache_api_key_lookups(ttl_s=60)
+
+    async def requests():
+        for db in ("session 1", "session 2"):  # a new DB session per request
+            assert await authn.get_current_principal_from_api_key("good", True, db, None) == "principal of good"
+            assert await authn.get_current_principal_from_api_key("bad", True, db, None) is None
+            assert await authn.get_scopes_from_api_key("good", None, True, db) == {"read:data"}
+
+    asyncio.run(requests())
+    assert calls == ["good", "bad", "scopes good", "bad"]  # the refusal is asked again
+
+    tiled_auth.cache_api_key_lookups(ttl_s=0)  # patching twice does not wrap twice
+    assert authn.get_current_principal_from_api_key.__wrapped__ is principal
