@@ -82,17 +82,23 @@ def provenance(
 def ensure_container(parent, key: str, metadata: dict[str, Any] | None = None):
     """Return ``parent[key]``, creating an empty container there if it is missing.
 
+    One request when the node exists (``key in parent`` followed by ``parent[key]``
+    would be two, and every request costs the embedded server tens of ms of CPU).
     Two processes may race to create the same container; the loser reads the
     winner's node.
     """
-    if key in parent:
+    try:
         return parent[key]
+    except KeyError:
+        pass
     try:
         return parent.create_container(key, metadata=metadata or {})
     except Exception:
         # Created concurrently by another worker (HTTP 409) or similar: read it back.
-        if key in parent:
+        try:
             return parent[key]
+        except KeyError:
+            pass
         raise
 
 
