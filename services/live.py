@@ -48,6 +48,16 @@ class WorkerHandle:
         return bool(self.status.get("ready"))
 
 
+#: Seconds a Ctrl-C'd or aborted run waits for the workers' last results before stopping
+#: them (they still flush on SIGTERM): the user asked to get out, not for every preview.
+ABORTED_RUN_WORKER_WAIT_S = 10.0
+
+
+def workers_done_timeout(exit_status: str | None, finished_run_wait_s: float) -> float:
+    """How long to wait for the workers at run end: the full wait for a finished run, less after an abort."""
+    return finished_run_wait_s if exit_status == "success" else min(finished_run_wait_s, ABORTED_RUN_WORKER_WAIT_S)
+
+
 class LiveSession:
     """Start, watch and stop every process of a live run.
 
@@ -269,6 +279,8 @@ class LiveSession:
     # -- stop ---------------------------------------------------------------------------
     def stop(self, keep_tiled: bool = False) -> None:
         """Stop workers, proxy and (unless ``keep_tiled``) the embedded Tiled server."""
+        for h in self.workers.values():  # all flush their last results at once
+            h.process.terminate()
         for h in self.workers.values():
             h.process.stop(timeout=15)
         if self.publisher is not None:

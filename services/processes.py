@@ -144,6 +144,14 @@ class ChildProcess:
             self._reap_group(timeout)
         return self.popen.returncode
 
+    def terminate(self) -> None:
+        """SIGTERM now without waiting (``stop`` then waits), so that several children stop in parallel."""
+        if self.popen is not None and self.popen.poll() is None:
+            try:
+                self._signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def kill(self) -> None:
         """SIGKILL now (used by fault-injection tests and by ``stop`` as a last resort)."""
         if self.popen is not None and self.popen.poll() is None:
