@@ -10,35 +10,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from plan_doubles import CameraDouble as _Camera
+from plan_doubles import ScanDouble as _Scan
 from speckleflow.plans import check_ecm_constraints, choose_frame_rate, ecm_adaptive
-
-
-class _Flyer(Device):
-    def kickoff(self): ...
-
-    def complete(self): ...
-
-
-class _Camera(_Flyer):
-    frame_rate = Cpt(Signal, value=1000.0, kind="config")
-    dose = Cpt(Signal, value=1.0, kind="config")
-
-    def describe_collect(self):
-        return {}
-
-    def collect_asset_docs(self, index=None):
-        yield from ()
-
-
-class _Scan(_Flyer):
-    nx = Cpt(Signal, value=1, kind="config")
-    ny = Cpt(Signal, value=1, kind="config")
-    repeats = Cpt(Signal, value=1, kind="config")
-    dwell = Cpt(Signal, value=1.0, kind="config")
-    line_flyback = Cpt(Signal, value=0.0, kind="config")
-    frame_flyback = Cpt(Signal, value=0.0, kind="config")
 
 
 def drive(plan):

@@ -3,49 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ophyd import Component as Cpt
-from ophyd import Device, Signal
+from plan_doubles import CameraDouble as _Camera
+from plan_doubles import ScanDouble as _Scan
+from plan_doubles import messages
 from speckleflow.plans import AcquisitionConstraintError, check_ecm_constraints, ecm_5d
-
-
-class _Flyer(Device):
-    """The flyer methods the protocol checks look for (no physics needed here)."""
-
-    def kickoff(self): ...
-
-    def complete(self): ...
-
-
-class _Camera(_Flyer):
-    frame_rate = Cpt(Signal, value=1000.0, kind="config")
-    dose = Cpt(Signal, value=1.0, kind="config")
-
-    def describe_collect(self):
-        return {}
-
-    def collect_asset_docs(self, index=None):
-        yield from ()
-
-
-class _Scan(_Flyer):
-    nx = Cpt(Signal, value=1, kind="config")
-    ny = Cpt(Signal, value=1, kind="config")
-    repeats = Cpt(Signal, value=1, kind="config")
-    dwell = Cpt(Signal, value=1.0, kind="config")
-    line_flyback = Cpt(Signal, value=0.0, kind="config")
-    frame_flyback = Cpt(Signal, value=0.0, kind="config")
-
-
-def messages(plan) -> list:
-    """Drive a plan as the RunEngine would, answering every ``wait`` with "done"."""
-    msgs, reply = [], None
-    try:
-        while True:
-            msg = plan.send(reply)
-            msgs.append(msg)
-            reply = True if msg.command == "wait" else None
-    except StopIteration:
-        return msgs
 
 
 def test_constraints_pass_for_a_valid_acquisition():

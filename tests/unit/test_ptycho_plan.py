@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("abtem")
 
 from bluesky import RunEngine
+from plan_doubles import messages
 from speckleflow.devices import ScanController
 from speckleflow.devices.crystal import CrystalSpec
 from speckleflow.devices.crystal_sample import CrystalSample, SimulationParams
@@ -38,18 +39,6 @@ def small_sample(tmp_path_factory):
 def camera(small_sample, tmp_path):
     scan = ScanController(name="scan")
     return PtychoCamera(small_sample, scan, tmp_path / "det", batch_size=5, name="celeritas"), scan
-
-
-def messages(plan) -> list:
-    """Drive a plan as the RunEngine would, answering every ``wait`` with "done"."""
-    msgs, reply = [], None
-    try:
-        while True:
-            msg = plan.send(reply)
-            msgs.append(msg)
-            reply = True if msg.command == "wait" else None
-    except StopIteration:
-        return msgs
 
 
 def test_messages(camera):
