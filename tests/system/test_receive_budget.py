@@ -1,7 +1,8 @@
 """A stalled consumer's receive queue stays within its byte budget (not 10 000 messages).
 
 The receiver runs in a child process (its resident memory is what is measured). It takes
-one frame message of 256 KiB, then stops reading: a stalled worker. The test process
+frame messages of 256 KiB until it has moved to a socket whose RCVHWM fits the budget
+(the first frame starts the move), then stops reading: a stalled worker. The test process
 publishes through an XPUB socket with ``XPUB_NODROP``, so that instead of dropping it
 blocks once the whole path (its own queue, the kernel's socket buffers, the receiver's
 queue) is full: a send that times out is the event "the stalled receiver's queue is full".
@@ -11,6 +12,7 @@ Without a budget the same receiver queues as many messages as its RCVHWM allows.
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import textwrap
@@ -36,8 +38,8 @@ CHILD = textwrap.dedent(
 
     address, budget, rcvhwm = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rx = BusReceiver(address, rcvhwm=rcvhwm, max_queued_bytes=None if budget == "none" else int(budget))
-    while rx.recv(timeout_ms=5000) is None or rx.frames == 0:
-        pass  # heartbeats until the first frame
+    while rx.recv(timeout_ms=5000) is None or rx.frames == 0 or rx.stats()["hand_over"]:
+        pass  # the first frame moves the receiver to a socket within the budget; until it has
     print("stalled", rx.rcvhwm, rss(), flush=True)
     sys.stdin.readline()  # the test says: the path is full
     print("full", rss(), flush=True)
@@ -67,8 +69,10 @@ def _flood(budget: int | None, rcvhwm: int) -> dict[str, int]:
         xpub.recv()  # its first subscription: it is connected
         frames = np.ones(FRAME_SHAPE, np.uint16)
         seq = 0
-        xpub.send_multipart(encode_frames("run", "celeritas", seq, frames), copy=False)
-        seq += 1
+        while not select.select([child.stdout], [], [], 0.05)[0]:  # frames until it stalls
+            xpub.send_multipart(encode_frames("run", "celeritas", seq, frames), copy=False)
+            seq += 1
+            assert seq < 200, "the receiver never finished moving to its budgeted socket"
         word, hwm, rss0 = child.stdout.readline().split()
         assert word == "stalled"
         sent = 0
@@ -134,3 +138,62 @@ def test_the_budget_lowers_rcvhwm_to_whole_messages_and_never_raises_it():
         big.close()
     with pytest.raises(ValueError, match="max_queued_bytes"):
         BusReceiver("tcp://127.0.0.1:1", max_queued_bytes=0)
+
+
+def _xpub() -> tuple[zmq.Socket, str]:
+    xpub = zmq.Context.instance().socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    return xpub, f"tcp://127.0.0.1:{port}"
+
+
+def _subscribed(xpub: zmq.Socket) -> None:
+    assert xpub.poll(10_000), "no subscription reached the publisher"
+    xpub.recv()
+
+
+def test_the_receiver_keeps_receiving_after_its_mark_is_lowered_under_a_burst():
+    # Lowering RCVHWM on the connected socket (as the receiver once did) left it never
+    # readable again once a burst filled its queue (zeromq/libzmq#2509): here every
+    # message after the first was lost, the last one included.
+    xpub, address = _xpub()
+    rx = BusReceiver(address, rcvhwm=10_000, max_queued_bytes=2**20)
+    try:
+        _subscribed(xpub)
+        frames = np.ones(FRAME_SHAPE, np.uint16)
+        xpub.send_multipart(encode_frames("run", "celeritas", 0, frames), copy=False)
+        assert rx.recv(timeout_ms=10_000) is not None
+        assert rx.rcvhwm == 3 and rx.replacements == 1  # 1 MiB over 256 KiB messages
+        _subscribed(xpub)  # the replacement socket subscribed
+        for seq in range(1, 201):  # a burst the receiver does not read
+            xpub.send_multipart(encode_frames("run", "celeritas", seq, frames), copy=False)
+        seqs = []
+        while (message := rx.recv(timeout_ms=1000)) is not None:
+            seqs.append(message.header.seq)
+        xpub.send_multipart(encode_frames("run", "celeritas", 201, frames), copy=False)
+        last = rx.recv(timeout_ms=10_000)
+        print(f"\nburst of 200 after the first: {len(seqs)} received, {rx.tracker.missed} missed")
+        assert last is not None and last.header.seq == 201
+        assert seqs == sorted(set(seqs))  # in order, none twice
+    finally:
+        rx.close()
+        xpub.close(linger=0)
+
+
+def test_the_hand_over_to_a_lower_mark_loses_nothing_when_the_consumer_keeps_up():
+    xpub, address = _xpub()
+    rx = BusReceiver(address, rcvhwm=10_000, max_queued_bytes=2**20)
+    try:
+        _subscribed(xpub)
+        seqs = []
+        for seq in range(40):  # one message at a time, each read before the next is sent
+            shape = (1, 128, 256) if seq < 5 else FRAME_SHAPE  # 64 KiB, then 256 KiB
+            xpub.send_multipart(encode_frames("run", "celeritas", seq, np.ones(shape, np.uint16)), copy=False)
+            message = rx.recv(timeout_ms=10_000)
+            assert message is not None, f"message {seq} did not arrive"
+            seqs.append(message.header.seq)
+        assert seqs == list(range(40))
+        assert rx.replacements == 2 and rx.tracker.missed == 0
+    finally:
+        rx.close()
+        xpub.close(linger=0)
