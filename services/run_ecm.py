@@ -126,6 +126,28 @@ class ECMRunResult:
         return self.worker_status.get("g2", {}).get("unit", {}).get("tau_s")
 
 
+#: Bytes a frame-batch message may carry beyond its frames (msgpack header: positions,
+#: repeats, frame indices and times of the batch).
+_HEADER_ALLOWANCE = 65_536
+
+
+def g2_receive_hwm(opts: ECMRunOptions) -> int:
+    """Receive high-water mark (messages) of the g2 worker's bus socket for this run.
+
+    The worker's receiver keeps its queue within a byte budget (``SPECKLEFLOW_RCV_QUEUE_MIB``)
+    by lowering RCVHWM when the first large message arrives; on a connected socket whose
+    queue is already above the new mark, libzmq then never signals the socket readable
+    again (zeromq/libzmq#2509): the default run (4 MiB batches, mark 10 000 → 15) lost
+    every frame after the first batch and its stop document under load. Given the
+    mark before it connects — the budget over the largest batch message — the receiver
+    has nothing to lower.
+    """
+    from .settings import WorkerSettings
+
+    batch_bytes = opts.batch_size * opts.detector_rows * opts.detector_cols * 2 + _HEADER_ALLOWANCE  # uint16
+    return max(1, WorkerSettings().max_queued_bytes // batch_bytes)
+
+
 def _plan(opts: ECMRunOptions, camera: Any, scan: Any, md: dict[str, Any]) -> Any:
     from speckleflow.plans import ecm_5d
 
@@ -182,7 +204,7 @@ def run_ecm(
 
     session = LiveSession(
         data_dir, workers=opts.workers, tiled_uri=opts.tiled_uri, api_key=opts.api_key, host=opts.host,
-        worker_args={"g2": ["--detector", camera.name]},
+        worker_args={"g2": ["--detector", camera.name, "--rcvhwm", str(g2_receive_hwm(opts))]},
     )  # fmt: skip
     monitor = RunMonitor()
     n_frames = opts.nx * opts.ny * opts.repeats

@@ -262,7 +262,8 @@ def correlate_block(
     shared_contrast : bool
         Fit twice: the second time with A of every (k_r, k_φ) bin held at the median of
         the block's first fits (A is set by the pixels, not by the position), so that
-        only τ and β vary per position (less scatter of ln τ).
+        only τ and β vary per position (less scatter of ln τ); the second fit starts
+        from the first.
     profile : ndarray, shape (n_strip,), optional
         Mean pattern of the strip pixels over the run, for ``flat_field`` (None: from
         this block).
@@ -333,7 +334,7 @@ def correlate_block(
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins
             A_bin = np.where(n_good >= 3, np.nanmedian(good_A, axis=0), np.nan)
         fit = fit_kww(sums.lags, g2, time_per_lag=repeat_period, sigma=sigma, kernel=kernel, pooled=pooled,
-                      contrast=np.broadcast_to(A_bin.reshape(fit.A.shape[2:]), fit.A.shape))
+                      contrast=np.broadcast_to(A_bin.reshape(fit.A.shape[2:]), fit.A.shape), start=fit)
 
     # Ensemble over everything in each k_r bin (all positions of the block, all k_φ).
     kr_products = np.zeros((L, layout.n_r))

@@ -110,14 +110,17 @@ def kww_g2(
 
 
 def _model_and_jacobian(
-    t: np.ndarray, A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, baseline: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Model (n, m) and Jacobian (n, m, 3) wrt (A, ln τ, β) at lags t (m,) for n pixels."""
+    t: np.ndarray, A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, baseline: float, jac: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model (n, m) and Jacobian (n, m, 3) wrt (A, ln τ, β) at lags t (m,) for n pixels
+    (None instead of the Jacobian when not ``jac``)."""
     logt = np.log(t)[None, :]
     x = logt - lntau[:, None]  # ln(t/τ)
     s = np.exp(beta[:, None] * x)  # (t/τ)^β
     e = np.exp(-2.0 * s)
     f = baseline + A[:, None] * e
+    if not jac:
+        return f, None
     J = np.empty((*f.shape, 3))
     J[..., 0] = e
     J[..., 1] = 2.0 * A[:, None] * beta[:, None] * s * e
@@ -168,12 +171,15 @@ def _initial_guess(
     return A0, lntau0, beta0
 
 
-Model = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``model(A, ln τ, β, idx, jac)`` → (model (n, m), Jacobian (n, m, 3) or None if not jac).
+Model = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
 
 
 def _plain_model(t: np.ndarray, baseline: float) -> Model:
-    def model(A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _model_and_jacobian(t, A, lntau, beta, baseline)
+    def model(
+        A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray, jac: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        return _model_and_jacobian(t, A, lntau, beta, baseline, jac)
 
     return model
 
@@ -186,7 +192,9 @@ def _kernel_model(kernel: FiniteRunKernel, keep: np.ndarray, inv_pooled: np.ndar
     K = np.concatenate([kernel.signal[keep].T, kernel.mean[keep].T], axis=1)  # (n_grid, 2m)
     K0, K = K[0], K[1:]  # s = 0: c(0)/A = 1, no τ or β dependence
 
-    def model(A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def model(
+        A: np.ndarray, lntau: np.ndarray, beta: np.ndarray, idx: np.ndarray, jac: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         x = logs - lntau[:, None]
         sb = np.exp(beta[:, None] * x)
         e = np.exp(-2.0 * sb)
@@ -199,6 +207,8 @@ def _kernel_model(kernel: FiniteRunKernel, keep: np.ndarray, inv_pooled: np.ndar
             return out[:, :m] - ip * out[:, m:]
 
         F = apply(e, True)
+        if not jac:
+            return baseline + A[:, None] * F, None
         J = np.empty((*F.shape, 3))
         J[..., 0] = F
         J[..., 1] = A[:, None] * apply(2.0 * beta[:, None] * sb * e, False)
@@ -218,14 +228,22 @@ def _fit_chunk(
     ftol: float,
     xtol: float,
     fixed_A: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Batched Levenberg–Marquardt on y (n, m) with weights w (1/σ², 0 = unused).
 
     ``fixed_A`` (n,): A held at that value where finite (only ln τ and β fitted).
+    ``start`` (n, 3): (A, ln τ, β) to start from where all three are finite (else the
+    linearised estimate).
     """
     n, _m = y.shape
     y0 = np.where(w > 0, y, 0.0)
     A, lntau, beta = _initial_guess(t, y, w, baseline)
+    if start is not None:
+        ok = np.isfinite(start).all(axis=1)
+        A = np.where(ok, start[:, 0], A)
+        lntau = np.where(ok, start[:, 1], lntau)
+        beta = np.where(ok, start[:, 2], beta)
     hold = np.zeros(n, bool) if fixed_A is None else np.isfinite(fixed_A)
     if hold.any():
         A = np.where(hold, fixed_A, A)
@@ -244,12 +262,11 @@ def _fit_chunk(
     everyone = np.arange(n)
 
     def cost_of(p: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        f, _ = model(p[:, 0], p[:, 1], p[:, 2], idx)
+        f, _ = model(p[:, 0], p[:, 1], p[:, 2], idx, False)
         return 0.5 * (w[idx] * (y0[idx] - f) ** 2).sum(axis=1)
 
     lam = np.full(n, 1e-3)
-    f, J = model(p[:, 0], p[:, 1], p[:, 2], everyone)
-    cost = 0.5 * (w * (y0 - f) ** 2).sum(axis=1)
+    cost = cost_of(p, everyone)
     active = np.isfinite(cost)
     converged = np.zeros(n, dtype=bool)
     n_iter = np.zeros(n, dtype=np.int64)
@@ -258,7 +275,8 @@ def _fit_chunk(
         if idx.size == 0:
             break
         n_iter[idx] += 1
-        fi, Ji = model(p[idx, 0], p[idx, 1], p[idx, 2], idx)
+        fi, Ji = model(p[idx, 0], p[idx, 1], p[idx, 2], idx, True)
+        assert Ji is not None
         wi = w[idx]
         r = y0[idx] - fi
         JtW = Ji * wi[..., None]
@@ -288,7 +306,8 @@ def _fit_chunk(
         converged[stuck] = True
         active[done] = False
         active[stuck] = False
-    f, J = model(p[:, 0], p[:, 1], p[:, 2], everyone)
+    _f, J = model(p[:, 0], p[:, 1], p[:, 2], everyone, True)
+    assert J is not None
     JtW = J * w[..., None]
     H = np.einsum("nmi,nmj->nij", JtW, J)
     freeze(H, None, everyone)
@@ -308,6 +327,7 @@ def fit_kww(
     kernel: FiniteRunKernel | None = None,
     pooled: np.ndarray | float = 1.0,
     contrast: np.ndarray | float | None = None,
+    start: KWWResult | None = None,
 ) -> KWWResult:
     """Fit g2 = baseline + A·exp(−2 (Δt/τ)^β) to every pixel.
 
@@ -338,6 +358,11 @@ def fit_kww(
         finite (fit ln τ and β only; σ_A = 0 there): A is a property of the detector
         pixels and the speckle visibility, shared by every scan position of a (k_r, k_φ)
         bin, and fitting it per curve adds noise to τ.
+    start : KWWResult, optional — an earlier fit of the same curves (same pixel shape,
+        τ in s): Levenberg–Marquardt starts from its (A, τ, β) where it has no flag,
+        from the linearised estimate elsewhere. A refit with ``contrast`` after a free
+        fit then needs a few iterations instead of a full descent (the minimum is the
+        same to the fit's tolerance).
 
     Returns
     -------
@@ -400,6 +425,16 @@ def fit_kww(
         raise ValueError(f"pooled must be > 0 pixels, got {pooled!r}")
     fixed = (None if contrast is None
              else np.broadcast_to(np.asarray(contrast, np.float64), pixel_shape).reshape(n_pix))
+    p_start = None
+    if start is not None:
+        if np.shape(start.tau) != pixel_shape:
+            raise ValueError(f"start must be a fit of pixel shape {pixel_shape}, got {np.shape(start.tau)}")
+        ok = np.asarray(start.flags).reshape(n_pix) == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_start = np.stack([np.asarray(start.A, np.float64).reshape(n_pix),
+                                np.log(np.asarray(start.tau, np.float64).reshape(n_pix) / time_per_lag),
+                                np.asarray(start.beta, np.float64).reshape(n_pix)], axis=1)
+        p_start[~ok] = np.nan
     t = lags[keep]
     Y = Y[keep].T  # (n_pix, m)
     W = W[keep].T
@@ -423,7 +458,8 @@ def fit_kww(
         model = (_plain_model(t, baseline) if kernel is None
                  else _kernel_model(kernel, keep, inv_pooled[idx], baseline))
         p, cost, H, converged, it = _fit_chunk(t, Y[idx], W[idx], model, baseline, max_iter, 1e-10, 1e-10,
-                                               None if fixed is None else fixed[idx])
+                                               None if fixed is None else fixed[idx],
+                                               None if p_start is None else p_start[idx])
         dof = np.maximum(n_points[idx] - 3, 1)
         red = 2.0 * cost / dof
         with np.errstate(invalid="ignore"):

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..cluster import dask_client
 from .blocks import BlockResult, StripLayout, correlate_block, strip_layout, two_time_binning
@@ -438,7 +439,8 @@ def _adf_task(
     """ADF image of some rasters, plus the counts of every strip pixel (dose, flat field)."""
     frames = _read_rows(reader, rows)
     flat = frames.reshape(-1, frames.shape[-2] * frames.shape[-1])
-    adf = (flat.astype(np.float64) @ weights).reshape(rows.shape)
+    with threadpool_limits(limits=1, user_api="blas"):  # see run_ecm: Dask's threads are the parallelism
+        adf = (flat.astype(np.float64) @ weights).reshape(rows.shape)
     counts = flat[:, strip].sum(axis=0, dtype=np.float64)
     return adf, counts, int(flat.shape[0] * strip.size)
 
@@ -475,10 +477,11 @@ def _block_task(
             strip = np.empty((R, b, w, layout.n_strip), dtype=part.dtype)
         strip[r] = part
     assert strip is not None
-    return correlate_block(
-        strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max,
-        finite_run=finite_run, flat_field=flat_field, shared_contrast=shared_contrast, profile=profile,
-    )
+    with threadpool_limits(limits=1, user_api="blas"):  # see run_ecm: Dask's threads are the parallelism
+        return correlate_block(
+            strip, layout, repeat_period=repeat_period, rows=rows, n_buffers=n_buffers, two_time_max=two_time_max,
+            finite_run=finite_run, flat_field=flat_field, shared_contrast=shared_contrast, profile=profile,
+        )
 
 
 def _run_tasks(
@@ -589,6 +592,13 @@ def run_ecm(
     timings: dict[str, float] = {}
 
     with contextlib.ExitStack() as stack:
+        # One BLAS thread per task: the tasks themselves run in parallel (Dask threads), and
+        # BLAS threads on top of them oversubscribe the cores. The KWW fits and two-time
+        # products are many small matrix products, for which OpenBLAS' spinning threads on
+        # a loaded 2-core machine cost ≈ 10× (measured: one 4-row block of the default run,
+        # 18 s → 8 s; the model products of the fits 3.3 s → 0.3 s). The limit is
+        # process-wide (it covers the in-process LocalCluster's threads) and restored on exit.
+        stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         if client is None:
             client = stack.enter_context(dask_client(opts.scheduler))
 

@@ -13,10 +13,19 @@ from tiled.client import from_uri
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
+#: The live τ (the g2 worker's KWW fit of the whole-ring ensemble g2 with the finite-run
+#: model) against the simulator's true ensemble τ (median of the τ map): the issue's
+#: accuracy bound for ≥ 1 e/pixel, time sampling ≤ 0.05 τ and a run of ≥ 10 τ. Measured
+#: here −6 % to −7 % on the default run (issue 5) and in tests/unit/test_ecm_pipeline.py.
+LIVE_TAU_TOLERANCE = 0.10
+
+
 def test_live_ecm_run_lands_raw_frames_and_rolling_g2(tmp_path):
-    # 8×8 positions at 2560 Hz: time sampling 0.025 s = 0.025 τ; 60 repeats, 2 e/px on the ring.
-    nx = ny = 8
-    repeats, rate, tau = 60, 2560.0, 1.0
+    # 4×4 positions at 2560 Hz: time sampling 16/2560 = 6.25 ms = 0.042 τ at τ = 0.15 s;
+    # 240 repeats observe 1.5 s = 10 τ (the accuracy conditions of issue 5, as few frames
+    # as they allow: 3 840); 2 e/px on the ring.
+    nx = ny = 4
+    repeats, rate, tau = 240, 2560.0, 0.15
     console = Console(file=io.StringIO(), width=160)
     opts = ECMRunOptions(nx=nx, ny=ny, repeats=repeats, frame_rate=rate, dose=2.0, tau=tau,
                          detector_rows=64, detector_cols=128, seed=3, data_dir=tmp_path / "data")
@@ -47,6 +56,14 @@ def test_live_ecm_run_lands_raw_frames_and_rolling_g2(tmp_path):
         assert np.isfinite(curves[:, 1:]).all() and (curves[:, 1] > 1).all()  # correlated at lag 1
         fit = g2["fit"].read()
         assert {"k_r", "tau", "beta", "contrast"} <= set(fit.columns) and len(fit) == ens.shape[0]
+        # The final live τ in Tiled (not a `live` snapshot) against the simulator's truth.
+        assert g2.metadata["status"] == "final" and g2["fit"].metadata["status"] == "final"
+        live_tau = g2.metadata["tau_estimate_s"]
+        assert live_tau is not None and live_tau == pytest.approx(g2["fit"].metadata["tau_ring"])
+        truth_tau = float(np.asarray(run["truth"]["celeritas_truth_ensemble_tau"].read()).ravel()[0])
+        assert truth_tau == pytest.approx(result.truth_tau)
+        assert abs(live_tau / truth_tau - 1) < LIVE_TAU_TOLERANCE, (live_tau, truth_tau)
+        assert result.live_tau == pytest.approx(live_tau, abs=2e-6)  # status rounds to 1 µs
         assert g2.metadata["count_rate"] == pytest.approx(2.0, rel=0.05)
         assert g2["virtual"]["adf"].shape == (repeats, ny, nx)
         assert list(g2["two_time"].dims) == ["k_r", "t1", "t2"]

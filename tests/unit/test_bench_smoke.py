@@ -261,3 +261,28 @@ def test_crystal_benchmark_quick_prints_a_table() -> None:
     for column in ("s/config", "ms/position", "× smallest", "cache load ms"):
         assert column in header
     assert [line.split()[0] for line in lines[3:]] == ["4×4", "8×8"]
+
+
+ECM_FIT_BENCH = BENCH.parent / "bench_ecm_fit.py"
+
+
+@pytest.mark.timeout(120)
+def test_ecm_fit_benchmark_quick_prints_a_table() -> None:
+    # ~15 s on 2 shared cores (768 curves × 3 configurations + 40 scipy curves)
+    completed = subprocess.run(
+        [sys.executable, str(ECM_FIT_BENCH), "--quick", "--plain", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("fit"))
+    for column in ("curves/s (2 passes)", "× baseline"):
+        assert column in header
+    assert any(line.startswith("scipy least_squares per curve") for line in lines)
+    assert sum(line.startswith("batched LM") for line in lines) == 3
+    warm = next(line for line in lines if line.startswith("warm vs cold"))
+    assert "flags identical: True" in warm
+    assert float(warm.split("=")[1].split(",")[0]) < 1e-3  # τ unchanged to well within σ_τ
