@@ -25,12 +25,41 @@ added to float64 accumulators, exact up to 2^53.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 #: Partial sums of float32 products of integers are exact up to this bound.
 F32_EXACT = float(2**24)
 
 _JIT = {"cache": True, "fastmath": True, "boundscheck": False, "nogil": True}
+#: uint16 values per 64-byte cache line.
+_LINE_U16 = 32
+
+
+@intrinsic
+def _prefetch_l2(typingctx, arr, i, j):
+    """Prefetch the cache line of arr[i, j] into L2 (``llvm.prefetch``, read, locality 2).
+
+    A hint only: no fault on any address, no effect on results.
+    """
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, args[1], signature.args[1], types.intp),
+               context.cast(builder, args[2], signature.args[2], types.intp)]  # fmt: skip
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(2), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(**_JIT)
@@ -271,8 +300,15 @@ U16_F32_LEVELS = 9
 
 
 @njit(**_JIT)
-def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
-    """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[level, tile] += rows.
+def _load_rows_u16(E, row0, X, t0, n, p0, w, S, s0, pf_t, pf_p):
+    """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[0, tile] += their sum.
+
+    The rows are summed in float32 first (``s0``, length >= w, zero on entry and on
+    return): exact for n <= 256 rows of uint16 (256·65535 < 2^24), so S, float64 and
+    strided across levels, is read and written once per call instead of once per row.
+    The n rows at (pf_t, pf_p) — the next chunk of this tile or the first of the next
+    tile — are prefetched into L2: the rows of a tile are 64 KB apart in X (one page
+    each), beyond what the hardware prefetcher follows.
 
     Returns the largest value (a uint16 max reduction, vectorised as vpmaxuw).
     """
@@ -281,10 +317,15 @@ def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
         for q in range(w):
             v = X[t0 + k, np.uint64(p0 + q)]
             E[row0 + k, q] = v
+            s0[q] += v
             mx = max(mx, v)
-    for k in range(n):
-        for q in range(w):
-            S[level, np.uint64(p0 + q)] += E[row0 + k, q]
+    for q in range(w):
+        S[0, np.uint64(p0 + q)] += s0[q]
+        s0[q] = 0.0
+    if pf_t >= 0:
+        for k in range(min(n, X.shape[0] - pf_t)):
+            for c in range(0, w, _LINE_U16):
+                _prefetch_l2(X, pf_t + k, pf_p + c)
     return np.int64(mx)
 
 
@@ -307,12 +348,8 @@ def _emit_pairs(cur, nxt, row0, h, m, done, w):
 
 
 @njit(**_JIT)
-def _finish_rows(E, h, m, done, level, p0, w, head, S, add_sum):
-    """Head rows of the level, S (unless already added), shift the last h rows to the top."""
-    if add_sum:
-        for k in range(m):
-            for q in range(w):
-                S[level, np.uint64(p0 + q)] += E[h + k, q]
+def _finish_rows(E, h, m, done, level, p0, w, head):
+    """Head rows of the level, then shift its last h rows to the top."""
     if done < h:
         for k in range(done, min(h, done + m)):
             for q in range(w):
@@ -353,6 +390,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     E32 = np.zeros((L32, cap, w_max), dtype=np.float32)
     E64 = np.zeros((L64, cap, w_max), dtype=np.float64)
     T64 = np.zeros((cap, w_max), dtype=np.float64)
+    s0 = np.zeros(w_max, dtype=np.float32)
     A32 = np.zeros((L, n_buffers, w_max), dtype=np.float32)
     A64 = np.zeros((L, n_buffers, w_max), dtype=np.float64)
     cnt = np.zeros(L, dtype=np.int64)  # pending new rows per level
@@ -384,7 +422,11 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
         while True:
             if t < B:
                 n = min(chunk, B - t)
-                top = np.float64(_load_rows_u16(E32[0], h, X, t, n, p0, w, S, 0))
+                # prefetch: the next chunk of this tile, else the first of the next tile
+                pf_t, pf_p = t + n, p0
+                if pf_t >= B:
+                    pf_t, pf_p = (0, p0 + w_max) if p0 + w_max < P else (-1, 0)
+                top = np.float64(_load_rows_u16(E32[0], h, X, t, n, p0, w, S, s0, pf_t, pf_p))
                 vmax = max(vmax, top)
                 block_max = max(block_max, top)
                 cnt[0] = n
@@ -422,7 +464,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                                 E32[lev], E64[lev + 1 - L32], h + cnt[lev + 1], h, m,
                                 done[lev], w,
                             )  # fmt: skip
-                    _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head, S, lev > 0)
+                    _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head)
                 else:
                     e = E64[lev - L32]
                     _lag_rows(e, h, m, lo, n_buffers, A64[lev], w)
@@ -430,11 +472,23 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                         cnt[lev + 1] += _emit_pairs(
                             e, E64[lev + 1 - L32], h + cnt[lev + 1], h, m, done[lev], w
                         )
-                    _finish_rows(e, h, m, done[lev], lev, p0, w, head, S, True)
+                    _finish_rows(e, h, m, done[lev], lev, p0, w, head)
                 done[lev] += m
                 cnt[lev] = 0
             if final:
                 break
+        # the sum of level l >= 1 is that of the level below without its unpaired last
+        # value (n_l = ⌊n_(l−1)/2⌋): derived once per block, not added row by row
+        for lev in range(1, active):
+            odd = done[lev - 1] % 2 == 1
+            for q in range(w):
+                last = 0.0
+                if odd:
+                    if lev - 1 < L32:
+                        last = np.float64(E32[lev - 1, h - 1, q])
+                    else:
+                        last = E64[lev - 1 - L32, h - 1, q]
+                S[lev, np.uint64(p0 + q)] = S[lev - 1, np.uint64(p0 + q)] - last
         # lag sums and history of the block into the state
         for lev in range(active):
             lo = 0 if lev == 0 else half
