@@ -297,6 +297,8 @@ def process_block(
 
 #: Levels whose values fit float32 exactly for any uint16 frames: 2^l·65535 < 2^24.
 U16_F32_LEVELS = 9
+#: Rows per chunk at most: their float32 sum is exact, 256·65535 < 2^24.
+U16_CHUNK_MAX = 256
 
 
 @njit(**_JIT)
@@ -383,6 +385,8 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     h = n_buffers - 1
     half = n_buffers // 2
     L = n_before.shape[0]
+    # the level-0 row sums of a chunk are float32: exact for <= 256 rows of uint16
+    chunk = max(1, min(chunk, U16_CHUNK_MAX))
     L32 = min(L, U16_F32_LEVELS)
     L64 = max(L - L32, 1)
     w_max = min(tile, P)
@@ -396,17 +400,22 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     cnt = np.zeros(L, dtype=np.int64)  # pending new rows per level
     done = np.zeros(L, dtype=np.int64)  # level frames correlated so far (global)
     bound = np.zeros(L, dtype=np.float64)  # worst-case float32 partial sum per level
+    used64 = np.zeros(L, dtype=np.bool_)  # the level's float64 lag sums are non-zero
     block_max = 0.0
     for p0 in range(0, P, w_max):
         w = min(P, p0 + w_max) - p0
         vmax = c_seen
-        active = 0
-        for lev in range(L):
+        active = 1
+        for lev in range(1, L):
+            if n_new[lev] > 0:
+                active = lev + 1
+        # A32/A64 are zero here (np.zeros, then cleared when added into G); a level's
+        # float64 accumulator is read only if that level used it (used64)
+        for lev in range(active):
             cnt[lev] = 0
             done[lev] = n_before[lev]
             bound[lev] = 0.0
-            if lev == 0 or n_new[lev] > 0:
-                active = lev + 1
+            used64[lev] = False
             for k in range(h):
                 if lev < L32:
                     for q in range(w):
@@ -414,10 +423,6 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                 else:
                     for q in range(w):
                         E64[lev - L32, k, q] = hist[lev, k, np.uint64(p0 + q)]
-            for i in range(n_buffers):
-                for q in range(w):
-                    A32[lev, i, q] = 0.0
-                    A64[lev, i, q] = 0.0
         t = 0
         while True:
             if t < B:
@@ -447,6 +452,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                                     A64[lev, i, q] += A32[lev, i, q]
                                     A32[lev, i, q] = 0.0
                             bound[lev] = 0.0
+                            used64[lev] = True
                         bound[lev] += m * v * v
                         _lag_rows(E32[lev], h, m, lo, n_buffers, A32[lev], w)
                     else:
@@ -454,6 +460,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                             for q in range(w):
                                 T64[k, q] = E32[lev, k, q]
                         _lag_rows(T64, h, m, lo, n_buffers, A64[lev], w)
+                        used64[lev] = True
                     if lev + 1 < active:
                         if lev + 1 < L32:
                             cnt[lev + 1] += _emit_pairs(
@@ -468,6 +475,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                 else:
                     e = E64[lev - L32]
                     _lag_rows(e, h, m, lo, n_buffers, A64[lev], w)
+                    used64[lev] = True
                     if lev + 1 < active:
                         cnt[lev + 1] += _emit_pairs(
                             e, E64[lev + 1 - L32], h + cnt[lev + 1], h, m, done[lev], w
@@ -493,10 +501,17 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
         for lev in range(active):
             lo = 0 if lev == 0 else half
             for i in range(n_buffers - lo):
-                for q in range(w):
-                    G[col0[lev] + i, np.uint64(p0 + q)] += (
-                        np.float64(A32[lev, i, q]) + A64[lev, i, q]
-                    )
+                if used64[lev]:
+                    for q in range(w):
+                        G[col0[lev] + i, np.uint64(p0 + q)] += (
+                            np.float64(A32[lev, i, q]) + A64[lev, i, q]
+                        )
+                        A64[lev, i, q] = 0.0
+                        A32[lev, i, q] = 0.0
+                else:
+                    for q in range(w):
+                        G[col0[lev] + i, np.uint64(p0 + q)] += A32[lev, i, q]
+                        A32[lev, i, q] = 0.0
             for k in range(h):
                 if lev < L32:
                     for q in range(w):
