@@ -333,7 +333,7 @@ def _load_rows_u16(E, row0, X, t0, n, p0, w, S, s0, pf_t, pf_p):
 
 @njit(**_JIT)
 def _emit_pairs(cur, nxt, row0, h, m, done, w):
-    """Bin-by-2 sums of the level below into nxt[row0 …]; returns how many.
+    """Bin-by-2 sums of the level below into nxt[row0 …]; returns how many, and their max.
 
     ``cur`` holds the level below: h history rows, then m new rows; its row j is its
     global frame done − h + j. The new frames of this level are the pairs (2k, 2k + 1)
@@ -341,12 +341,15 @@ def _emit_pairs(cur, nxt, row0, h, m, done, w):
     """
     k0 = done // 2
     k1 = (done + m) // 2
+    mx = 0.0
     for k in range(k0, k1):
         j = 2 * k - done + h
         r = row0 + k - k0
         for q in range(w):
-            nxt[r, q] = cur[j, q] + cur[j + 1, q]
-    return k1 - k0
+            v = cur[j, q] + cur[j + 1, q]
+            nxt[r, q] = v
+            mx = max(mx, np.float64(v))
+    return k1 - k0, mx
 
 
 @njit(**_JIT)
@@ -370,9 +373,11 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     correlated when it holds a chunk of its own (and at the end of the block): each row
     is touched while it is in L1/L2 cache. Rows are float32 up to level 8 (uint16 sums
     of 2^8 frames are below 2^24) and float64 above. Lag sums are float32 while the
-    block's partial sums stay below 2^24 (bounded by rows·v², v = 2^l·largest count so
-    far; before the bound would pass 2^24 they are flushed into float64), float64
-    products otherwise — exact either way.
+    block's partial sums stay below 2^24 (bounded by rows·v², v the largest value of
+    the level's rows in this tile so far, history included — tracked as rows are loaded
+    and binned; before the bound would pass 2^24 they are flushed into float64),
+    float64 products otherwise — exact either way. ``c_seen`` is not needed here (the
+    history's values are read).
 
     Parameters as :func:`process_block`, plus ``chunk`` (rows correlated together).
 
@@ -401,10 +406,10 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     done = np.zeros(L, dtype=np.int64)  # level frames correlated so far (global)
     bound = np.zeros(L, dtype=np.float64)  # worst-case float32 partial sum per level
     used64 = np.zeros(L, dtype=np.bool_)  # the level's float64 lag sums are non-zero
+    lmax = np.zeros(L, dtype=np.float64)  # largest value of the level's rows so far
     block_max = 0.0
     for p0 in range(0, P, w_max):
         w = min(P, p0 + w_max) - p0
-        vmax = c_seen
         active = 1
         for lev in range(1, L):
             if n_new[lev] > 0:
@@ -416,13 +421,17 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
             done[lev] = n_before[lev]
             bound[lev] = 0.0
             used64[lev] = False
+            hmax = 0.0
             for k in range(h):
                 if lev < L32:
                     for q in range(w):
-                        E32[lev, k, q] = hist[lev, k, np.uint64(p0 + q)]
+                        x = hist[lev, k, np.uint64(p0 + q)]
+                        E32[lev, k, q] = x
+                        hmax = max(hmax, x)
                 else:
                     for q in range(w):
                         E64[lev - L32, k, q] = hist[lev, k, np.uint64(p0 + q)]
+            lmax[lev] = hmax
         t = 0
         while True:
             if t < B:
@@ -432,7 +441,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                 if pf_t >= B:
                     pf_t, pf_p = (0, p0 + w_max) if p0 + w_max < P else (-1, 0)
                 top = np.float64(_load_rows_u16(E32[0], h, X, t, n, p0, w, S, s0, pf_t, pf_p))
-                vmax = max(vmax, top)
+                lmax[0] = max(lmax[0], top)
                 block_max = max(block_max, top)
                 cnt[0] = n
                 t += n
@@ -443,7 +452,8 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                 if m == 0 or (m < chunk and not final and lev > 0):
                     continue
                 lo = 0 if lev == 0 else half
-                v = vmax * 2.0**lev
+                # every value of this level's rows (history included) is <= v
+                v = lmax[lev]
                 if lev < L32:
                     if m * v * v <= F32_EXACT:
                         if bound[lev] + m * v * v > F32_EXACT:
@@ -463,23 +473,26 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                         used64[lev] = True
                     if lev + 1 < active:
                         if lev + 1 < L32:
-                            cnt[lev + 1] += _emit_pairs(
+                            k, pmax = _emit_pairs(
                                 E32[lev], E32[lev + 1], h + cnt[lev + 1], h, m, done[lev], w
                             )
                         else:
-                            cnt[lev + 1] += _emit_pairs(
+                            k, pmax = _emit_pairs(
                                 E32[lev], E64[lev + 1 - L32], h + cnt[lev + 1], h, m,
                                 done[lev], w,
                             )  # fmt: skip
+                        cnt[lev + 1] += k
+                        lmax[lev + 1] = max(lmax[lev + 1], pmax)
                     _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head)
                 else:
                     e = E64[lev - L32]
                     _lag_rows(e, h, m, lo, n_buffers, A64[lev], w)
                     used64[lev] = True
                     if lev + 1 < active:
-                        cnt[lev + 1] += _emit_pairs(
+                        k, pmax = _emit_pairs(
                             e, E64[lev + 1 - L32], h + cnt[lev + 1], h, m, done[lev], w
                         )
+                        cnt[lev + 1] += k
                     _finish_rows(e, h, m, done[lev], lev, p0, w, head)
                 done[lev] += m
                 cnt[lev] = 0
