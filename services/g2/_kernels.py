@@ -25,12 +25,41 @@ added to float64 accumulators, exact up to 2^53.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 #: Partial sums of float32 products of integers are exact up to this bound.
 F32_EXACT = float(2**24)
 
 _JIT = {"cache": True, "fastmath": True, "boundscheck": False, "nogil": True}
+#: uint16 values per 64-byte cache line.
+_LINE_U16 = 32
+
+
+@intrinsic
+def _prefetch_l2(typingctx, arr, i, j):
+    """Prefetch the cache line of arr[i, j] into L2 (``llvm.prefetch``, read, locality 2).
+
+    A hint only: no fault on any address, no effect on results.
+    """
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, args[1], signature.args[1], types.intp),
+               context.cast(builder, args[2], signature.args[2], types.intp)]  # fmt: skip
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(2), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(**_JIT)
@@ -268,11 +297,20 @@ def process_block(
 
 #: Levels whose values fit float32 exactly for any uint16 frames: 2^l·65535 < 2^24.
 U16_F32_LEVELS = 9
+#: Rows per chunk at most: their float32 sum is exact, 256·65535 < 2^24.
+U16_CHUNK_MAX = 256
 
 
 @njit(**_JIT)
-def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
-    """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[level, tile] += rows.
+def _load_rows_u16(E, row0, X, t0, n, p0, w, S, s0, pf_t, pf_p):
+    """E[row0 + k, :w] = X[t0 + k, p0 : p0 + w] for k < n; S[0, tile] += their sum.
+
+    The rows are summed in float32 first (``s0``, length >= w, zero on entry and on
+    return): exact for n <= 256 rows of uint16 (256·65535 < 2^24), so S, float64 and
+    strided across levels, is read and written once per call instead of once per row.
+    The n rows at (pf_t, pf_p) — the next chunk of this tile or the first of the next
+    tile — are prefetched into L2: the rows of a tile are 64 KB apart in X (one page
+    each), beyond what the hardware prefetcher follows.
 
     Returns the largest value (a uint16 max reduction, vectorised as vpmaxuw).
     """
@@ -281,16 +319,21 @@ def _load_rows_u16(E, row0, X, t0, n, p0, w, S, level):
         for q in range(w):
             v = X[t0 + k, np.uint64(p0 + q)]
             E[row0 + k, q] = v
+            s0[q] += v
             mx = max(mx, v)
-    for k in range(n):
-        for q in range(w):
-            S[level, np.uint64(p0 + q)] += E[row0 + k, q]
+    for q in range(w):
+        S[0, np.uint64(p0 + q)] += s0[q]
+        s0[q] = 0.0
+    if pf_t >= 0:
+        for k in range(min(n, X.shape[0] - pf_t)):
+            for c in range(0, w, _LINE_U16):
+                _prefetch_l2(X, pf_t + k, pf_p + c)
     return np.int64(mx)
 
 
 @njit(**_JIT)
 def _emit_pairs(cur, nxt, row0, h, m, done, w):
-    """Bin-by-2 sums of the level below into nxt[row0 …]; returns how many.
+    """Bin-by-2 sums of the level below into nxt[row0 …]; returns how many, and their max.
 
     ``cur`` holds the level below: h history rows, then m new rows; its row j is its
     global frame done − h + j. The new frames of this level are the pairs (2k, 2k + 1)
@@ -298,21 +341,20 @@ def _emit_pairs(cur, nxt, row0, h, m, done, w):
     """
     k0 = done // 2
     k1 = (done + m) // 2
+    mx = 0.0
     for k in range(k0, k1):
         j = 2 * k - done + h
         r = row0 + k - k0
         for q in range(w):
-            nxt[r, q] = cur[j, q] + cur[j + 1, q]
-    return k1 - k0
+            v = cur[j, q] + cur[j + 1, q]
+            nxt[r, q] = v
+            mx = max(mx, np.float64(v))
+    return k1 - k0, mx
 
 
 @njit(**_JIT)
-def _finish_rows(E, h, m, done, level, p0, w, head, S, add_sum):
-    """Head rows of the level, S (unless already added), shift the last h rows to the top."""
-    if add_sum:
-        for k in range(m):
-            for q in range(w):
-                S[level, np.uint64(p0 + q)] += E[h + k, q]
+def _finish_rows(E, h, m, done, level, p0, w, head):
+    """Head rows of the level, then shift its last h rows to the top."""
     if done < h:
         for k in range(done, min(h, done + m)):
             for q in range(w):
@@ -331,9 +373,11 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     correlated when it holds a chunk of its own (and at the end of the block): each row
     is touched while it is in L1/L2 cache. Rows are float32 up to level 8 (uint16 sums
     of 2^8 frames are below 2^24) and float64 above. Lag sums are float32 while the
-    block's partial sums stay below 2^24 (bounded by rows·v², v = 2^l·largest count so
-    far; before the bound would pass 2^24 they are flushed into float64), float64
-    products otherwise — exact either way.
+    block's partial sums stay below 2^24 (bounded by rows·v², v the largest value of
+    the level's rows in this tile so far, history included — tracked as rows are loaded
+    and binned; before the bound would pass 2^24 they are flushed into float64),
+    float64 products otherwise — exact either way. ``c_seen`` is not needed here (the
+    history's values are read).
 
     Parameters as :func:`process_block`, plus ``chunk`` (rows correlated together).
 
@@ -346,6 +390,8 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     h = n_buffers - 1
     half = n_buffers // 2
     L = n_before.shape[0]
+    # the level-0 row sums of a chunk are float32: exact for <= 256 rows of uint16
+    chunk = max(1, min(chunk, U16_CHUNK_MAX))
     L32 = min(L, U16_F32_LEVELS)
     L64 = max(L - L32, 1)
     w_max = min(tile, P)
@@ -353,39 +399,49 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
     E32 = np.zeros((L32, cap, w_max), dtype=np.float32)
     E64 = np.zeros((L64, cap, w_max), dtype=np.float64)
     T64 = np.zeros((cap, w_max), dtype=np.float64)
+    s0 = np.zeros(w_max, dtype=np.float32)
     A32 = np.zeros((L, n_buffers, w_max), dtype=np.float32)
     A64 = np.zeros((L, n_buffers, w_max), dtype=np.float64)
     cnt = np.zeros(L, dtype=np.int64)  # pending new rows per level
     done = np.zeros(L, dtype=np.int64)  # level frames correlated so far (global)
     bound = np.zeros(L, dtype=np.float64)  # worst-case float32 partial sum per level
+    used64 = np.zeros(L, dtype=np.bool_)  # the level's float64 lag sums are non-zero
+    lmax = np.zeros(L, dtype=np.float64)  # largest value of the level's rows so far
     block_max = 0.0
     for p0 in range(0, P, w_max):
         w = min(P, p0 + w_max) - p0
-        vmax = c_seen
-        active = 0
-        for lev in range(L):
+        active = 1
+        for lev in range(1, L):
+            if n_new[lev] > 0:
+                active = lev + 1
+        # A32/A64 are zero here (np.zeros, then cleared when added into G); a level's
+        # float64 accumulator is read only if that level used it (used64)
+        for lev in range(active):
             cnt[lev] = 0
             done[lev] = n_before[lev]
             bound[lev] = 0.0
-            if lev == 0 or n_new[lev] > 0:
-                active = lev + 1
+            used64[lev] = False
+            hmax = 0.0
             for k in range(h):
                 if lev < L32:
                     for q in range(w):
-                        E32[lev, k, q] = hist[lev, k, np.uint64(p0 + q)]
+                        x = hist[lev, k, np.uint64(p0 + q)]
+                        E32[lev, k, q] = x
+                        hmax = max(hmax, x)
                 else:
                     for q in range(w):
                         E64[lev - L32, k, q] = hist[lev, k, np.uint64(p0 + q)]
-            for i in range(n_buffers):
-                for q in range(w):
-                    A32[lev, i, q] = 0.0
-                    A64[lev, i, q] = 0.0
+            lmax[lev] = hmax
         t = 0
         while True:
             if t < B:
                 n = min(chunk, B - t)
-                top = np.float64(_load_rows_u16(E32[0], h, X, t, n, p0, w, S, 0))
-                vmax = max(vmax, top)
+                # prefetch: the next chunk of this tile, else the first of the next tile
+                pf_t, pf_p = t + n, p0
+                if pf_t >= B:
+                    pf_t, pf_p = (0, p0 + w_max) if p0 + w_max < P else (-1, 0)
+                top = np.float64(_load_rows_u16(E32[0], h, X, t, n, p0, w, S, s0, pf_t, pf_p))
+                lmax[0] = max(lmax[0], top)
                 block_max = max(block_max, top)
                 cnt[0] = n
                 t += n
@@ -396,7 +452,8 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                 if m == 0 or (m < chunk and not final and lev > 0):
                     continue
                 lo = 0 if lev == 0 else half
-                v = vmax * 2.0**lev
+                # every value of this level's rows (history included) is <= v
+                v = lmax[lev]
                 if lev < L32:
                     if m * v * v <= F32_EXACT:
                         if bound[lev] + m * v * v > F32_EXACT:
@@ -405,6 +462,7 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                                     A64[lev, i, q] += A32[lev, i, q]
                                     A32[lev, i, q] = 0.0
                             bound[lev] = 0.0
+                            used64[lev] = True
                         bound[lev] += m * v * v
                         _lag_rows(E32[lev], h, m, lo, n_buffers, A32[lev], w)
                     else:
@@ -412,37 +470,61 @@ def process_block_u16(X, c_seen, n_before, n_new, n_buffers, col0, hist, head, S
                             for q in range(w):
                                 T64[k, q] = E32[lev, k, q]
                         _lag_rows(T64, h, m, lo, n_buffers, A64[lev], w)
+                        used64[lev] = True
                     if lev + 1 < active:
                         if lev + 1 < L32:
-                            cnt[lev + 1] += _emit_pairs(
+                            k, pmax = _emit_pairs(
                                 E32[lev], E32[lev + 1], h + cnt[lev + 1], h, m, done[lev], w
                             )
                         else:
-                            cnt[lev + 1] += _emit_pairs(
+                            k, pmax = _emit_pairs(
                                 E32[lev], E64[lev + 1 - L32], h + cnt[lev + 1], h, m,
                                 done[lev], w,
                             )  # fmt: skip
-                    _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head, S, lev > 0)
+                        cnt[lev + 1] += k
+                        lmax[lev + 1] = max(lmax[lev + 1], pmax)
+                    _finish_rows(E32[lev], h, m, done[lev], lev, p0, w, head)
                 else:
                     e = E64[lev - L32]
                     _lag_rows(e, h, m, lo, n_buffers, A64[lev], w)
+                    used64[lev] = True
                     if lev + 1 < active:
-                        cnt[lev + 1] += _emit_pairs(
+                        k, pmax = _emit_pairs(
                             e, E64[lev + 1 - L32], h + cnt[lev + 1], h, m, done[lev], w
                         )
-                    _finish_rows(e, h, m, done[lev], lev, p0, w, head, S, True)
+                        cnt[lev + 1] += k
+                    _finish_rows(e, h, m, done[lev], lev, p0, w, head)
                 done[lev] += m
                 cnt[lev] = 0
             if final:
                 break
+        # the sum of level l >= 1 is that of the level below without its unpaired last
+        # value (n_l = ⌊n_(l−1)/2⌋): derived once per block, not added row by row
+        for lev in range(1, active):
+            odd = done[lev - 1] % 2 == 1
+            for q in range(w):
+                last = 0.0
+                if odd:
+                    if lev - 1 < L32:
+                        last = np.float64(E32[lev - 1, h - 1, q])
+                    else:
+                        last = E64[lev - 1 - L32, h - 1, q]
+                S[lev, np.uint64(p0 + q)] = S[lev - 1, np.uint64(p0 + q)] - last
         # lag sums and history of the block into the state
         for lev in range(active):
             lo = 0 if lev == 0 else half
             for i in range(n_buffers - lo):
-                for q in range(w):
-                    G[col0[lev] + i, np.uint64(p0 + q)] += (
-                        np.float64(A32[lev, i, q]) + A64[lev, i, q]
-                    )
+                if used64[lev]:
+                    for q in range(w):
+                        G[col0[lev] + i, np.uint64(p0 + q)] += (
+                            np.float64(A32[lev, i, q]) + A64[lev, i, q]
+                        )
+                        A64[lev, i, q] = 0.0
+                        A32[lev, i, q] = 0.0
+                else:
+                    for q in range(w):
+                        G[col0[lev] + i, np.uint64(p0 + q)] += A32[lev, i, q]
+                        A32[lev, i, q] = 0.0
             for k in range(h):
                 if lev < L32:
                     for q in range(w):

@@ -70,6 +70,32 @@ def test_large_counts_take_the_float64_path_and_stay_exact():
     assert corr.is_exact
 
 
+def test_raw_sums_exact_at_the_uint16_maximum(monkeypatch):
+    # The uint16 kernel sums each chunk's rows in float32 (exact while rows·65535 < 2^24)
+    # and derives the sums of levels >= 1 from the level below; a chunk asked larger
+    # than the bound is clamped to it, so every sum stays the exact integer.
+    from speckleflow.services.g2 import multitau
+
+    monkeypatch.setattr(multitau, "CHUNK_ROWS", 1024)
+    frames = np.full((1023, 5), 65535, dtype=np.uint16)
+    frames[::7, 1] = 65534  # odd and even levels, unpaired last values
+    frames[:, 2] = 0
+    corr = MultiTauCorrelator(5)
+    corr.process(frames)
+    sums = corr.sums()
+    x = frames.astype(np.int64)
+    for row, (lag, level) in enumerate(zip(sums.lags, sums.level, strict=True)):
+        series = x
+        for _ in range(level):
+            k = series.shape[0] // 2 * 2
+            series = series[0:k:2] + series[1:k:2]
+        i = lag >> level
+        m = series.shape[0] - i
+        np.testing.assert_array_equal(sums.past[row], series[:m].sum(0))
+        np.testing.assert_array_equal(sums.future[row], series[i:].sum(0))
+        np.testing.assert_array_equal(sums.products[row], (series[:m] * series[i:]).sum(0))
+
+
 def test_agrees_with_scikit_beam_within_1e_9():
     correlation = pytest.importorskip("skbeam.core.correlation")
     rng = np.random.default_rng(2)
