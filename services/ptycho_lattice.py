@@ -122,7 +122,9 @@ def lattice_products(
     # displacements and G need two or more configurations / object states; a coherent run
     # (one configuration) or a one-state reconstruction still gets its columns located
     vibrating = positions.shape[0] >= 2 and result.object_phase.shape[0] >= 2
-    ref = truth_reference(positions, equilibrium) if positions.shape[0] >= 2 else None
+    analytic = truth.get("greens_tensor_analytic")
+    ref = (truth_reference(positions, equilibrium, greens_analytic_A2=analytic)
+           if positions.shape[0] >= 2 else None)
     _, all_sites = column_groups(equilibrium)
     origin = np.asarray(start.get("scan_origin_A", [0.0, 0.0]), dtype=np.float64)
     sites = all_sites - origin
@@ -140,17 +142,22 @@ def lattice_products(
     assert ref is not None
     idx = np.stack([2 * inside, 2 * inside + 1], axis=1).ravel()
     g_truth = ref.greens_sample_A2[np.ix_(idx, idx)]
+    g_model = None if ref.greens_analytic_A2 is None else ref.greens_analytic_A2[np.ix_(idx, idx)]
     analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
-                              radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth)
+                              radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth,
+                              model_greens_A2=g_model)
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
     summary = {**scalars, **_position_error(analysis.atoms.positions_A, sites),
                "n_sites": len(sites), "nearest_neighbour_A": nn,
                "com_radius_A": radius, "pair_cutoff_A": cutoff,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
-               "reference": "G of the truth configurations, projected columns"}
+               "reference": "G of the truth configurations, projected columns",
+               "neighbour_correlation_model": (None if g_model is None else
+                                               "analytic G of the truth stream, projected columns")}
     figures = {
         "correlation_vectors": correlation_figure(sites, analysis.greens_tensor_A2, cutoff_A=cutoff,
-                                                  g_ref_A2=g_truth),
+                                                  g_ref_A2=g_truth,
+                                                  note=analysis.neighbour_test.label()),
         "greens_tensor": greens_figure(analysis.greens_tensor_A2),
     }
     return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_truth,

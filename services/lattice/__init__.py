@@ -19,6 +19,7 @@ from .atoms import (
     register_sites,
 )
 from .correlations import (
+    NeighbourCorrelationTest,
     Similarity,
     bond_correlation,
     column_groups,
@@ -29,6 +30,8 @@ from .correlations import (
     einstein_ratio,
     greens_tensor,
     in_plane_greens,
+    neighbour_correlation,
+    neighbour_correlation_test,
     neighbour_pairs,
     similarity,
 )
@@ -50,6 +53,7 @@ __all__ = [
     "DispersionResult",
     "LatticeAnalysis",
     "LatticeModel",
+    "NeighbourCorrelationTest",
     "Similarity",
     "TruthReference",
     "analyse_states",
@@ -72,6 +76,8 @@ __all__ = [
     "high_symmetry_path",
     "in_plane_greens",
     "match_sites",
+    "neighbour_correlation",
+    "neighbour_correlation_test",
     "neighbour_pairs",
     "refine_centre_of_mass",
     "register_sites",
