@@ -38,12 +38,14 @@ from .correlations import (
 from .dynamics import (
     DispersionResult,
     assign_cells,
+    detrend_greens,
     dispersion,
     dynamical_matrix,
     fourier_covariance,
     fourier_displacements,
     frequencies_THz,
     high_symmetry_path,
+    periodic_cut,
     supercell_q,
 )
 from .truth import TruthReference, truth_reference
@@ -65,6 +67,7 @@ __all__ = [
     "correlation_vectors",
     "debye_waller",
     "detect_atoms",
+    "detrend_greens",
     "dispersion",
     "displacements",
     "dynamical_matrix",
@@ -79,6 +82,7 @@ __all__ = [
     "neighbour_correlation",
     "neighbour_correlation_test",
     "neighbour_pairs",
+    "periodic_cut",
     "refine_centre_of_mass",
     "register_sites",
     "similarity",
