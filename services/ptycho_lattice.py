@@ -164,7 +164,7 @@ def lattice_products(
     figures = {
         "correlation_vectors": correlation_figure(sites, analysis.greens_tensor_A2, cutoff_A=cutoff,
                                                   g_ref_A2=g_truth,
-                                                  note=analysis.neighbour_test.label()),
+                                                  note=_note(analysis)),
         "greens_tensor": greens_figure(analysis.greens_tensor_A2),
     }
     return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_truth,
@@ -183,6 +183,11 @@ def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float
     err = np.linalg.norm(mean - sites_A, axis=-1)
     err = err[np.isfinite(err)]
     return {"position_error_rms_A": float(np.sqrt(np.mean(err**2))) if err.size else None}
+
+
+def _note(analysis: Any) -> str | None:
+    """The Einstein check's line for the arrow plot (None with fewer than three states)."""
+    return None if analysis.neighbour_test is None else analysis.neighbour_test.label()
 
 
 def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
@@ -219,7 +224,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
     g_zero = np.zeros_like(analysis.greens_tensor_A2)
     figures = {
         "correlation_vectors": correlation_figure(sites, analysis.greens_tensor_A2, cutoff_A=cutoff,
-                                                  note=analysis.neighbour_test.label()),
+                                                  note=_note(analysis)),
         "greens_tensor": greens_figure(analysis.greens_tensor_A2),
     }
     return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_zero,

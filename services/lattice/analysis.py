@@ -69,8 +69,9 @@ class LatticeAnalysis:
     pairs : ndarray, shape (n_pairs, 2) — directed neighbour pairs within ``cutoff_A``.
     einstein_ratio : float — mean ‖G_ij‖ / mean ‖G_ii‖ over the pairs.
     bond_correlation : (float, float) — signed longitudinal / transverse ρ.
-    neighbour_test : NeighbourCorrelationTest — the Einstein check: whitened neighbour
-        correlation vs its distribution for independent configurations (and a model G).
+    neighbour_test : NeighbourCorrelationTest or None — the Einstein check: whitened
+        neighbour correlation vs its distribution for independent configurations (and a
+        model G); None with fewer than three states.
     similarity : Similarity or None — LSM/CSM against the reference G, if given.
     dispersion : DispersionResult or None — if a lattice model and temperature are given.
     """
@@ -83,7 +84,7 @@ class LatticeAnalysis:
     pairs: np.ndarray
     einstein_ratio: float
     bond_correlation: tuple[float, float]
-    neighbour_test: NeighbourCorrelationTest
+    neighbour_test: NeighbourCorrelationTest | None
     similarity: Similarity | None
     dispersion: DispersionResult | None
 
@@ -96,7 +97,7 @@ class LatticeAnalysis:
             "einstein_ratio": self.einstein_ratio,
             "bond_correlation_longitudinal": self.bond_correlation[0],
             "bond_correlation_transverse": self.bond_correlation[1],
-            **self.neighbour_test.summary(),
+            **(self.neighbour_test.summary() if self.neighbour_test is not None else {}),
         }
         if self.similarity is not None:
             out["lsm"] = self.similarity.lsm
@@ -192,8 +193,9 @@ def analyse_states(
         pairs=pairs,
         einstein_ratio=einstein_ratio(g, pairs),
         bond_correlation=bond_correlation(g, sites, pairs),
-        neighbour_test=neighbour_correlation_test(g, pairs, ph.shape[0],
-                                                  model_greens_A2=model_greens_A2),
+        neighbour_test=(neighbour_correlation_test(g, pairs, ph.shape[0],
+                                                   model_greens_A2=model_greens_A2)
+                        if ph.shape[0] >= 3 else None),
         similarity=sim,
         dispersion=disp,
     )

@@ -104,3 +104,12 @@ def test_coherent_run_with_several_states_finds_no_vibration(case):
     s = lattice_products(result, coherent, start).summary
     print({k: s[k] for k in ("u_rms_A", "position_error_rms_A", "vibration_found")})
     assert s["vibration_found"] is True
+
+
+def test_two_states_have_no_einstein_check(case):
+    """Two object states: G exists, the null needs three; the step still publishes."""
+    result, truth, start, _ = case
+    two = SimpleNamespace(object_phase=result.object_phase[:2], pixel_size_A=PIXEL,
+                          object_origin_A=result.object_origin_A, positions_A=result.positions_A)
+    out = lattice_products(two, truth, start)
+    assert "neighbour_correlation" not in out.summary and out.summary["u_rms_A"] > 0
