@@ -186,7 +186,7 @@ def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float
 
 
 def _note(analysis: Any) -> str | None:
-    """The Einstein check's line for the arrow plot (None with fewer than three states)."""
+    """The Einstein check's line for the arrow plot (None with fewer than six states)."""
     return None if analysis.neighbour_test is None else analysis.neighbour_test.label()
 
 

@@ -71,7 +71,7 @@ class LatticeAnalysis:
     bond_correlation : (float, float) — signed longitudinal / transverse ρ.
     neighbour_test : NeighbourCorrelationTest or None — the Einstein check: whitened
         neighbour correlation vs its distribution for independent configurations (and a
-        model G); None with fewer than three states.
+        model G); None with fewer than 2d + 2 = 6 states (the test is void below).
     similarity : Similarity or None — LSM/CSM against the reference G, if given.
     dispersion : DispersionResult or None — if a lattice model and temperature are given.
     """
@@ -195,7 +195,7 @@ def analyse_states(
         bond_correlation=bond_correlation(g, sites, pairs),
         neighbour_test=(neighbour_correlation_test(g, pairs, ph.shape[0],
                                                    model_greens_A2=model_greens_A2)
-                        if ph.shape[0] >= 3 else None),
+                        if ph.shape[0] >= 2 * sites.shape[1] + 2 else None),
         similarity=sim,
         dispersion=disp,
     )

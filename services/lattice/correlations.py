@@ -608,7 +608,8 @@ def neighbour_correlation_test(
     ----------
     g_A2 : array_like, shape (n d, n d) — measured Green's tensor (eq. 2, ddof = 1), Å².
     pairs : array_like, shape (n_pairs, 2), int — neighbour pairs (directed or not).
-    n_states : int — states (configurations) behind ``g_A2`` (≥ 3).
+    n_states : int — states (configurations) behind ``g_A2`` (≥ 2d + 2, i.e. 6 in-plane:
+        with fewer, the whitened cross-correlation of two sites is 1 whatever the data).
     model_greens_A2 : array_like, shape (n d, n d), optional — a model G, Å² (e.g. the
         correlated harmonic lattice's), for the alternative's distribution.
     d : int — components per atom.
@@ -622,13 +623,17 @@ def neighbour_correlation_test(
     Raises
     ------
     ValueError
-        If ``n_states`` < 3, ``n_draws`` < 20, shapes disagree or there are no usable pairs.
+        If ``n_states`` < 2d + 2, ``n_draws`` < 20, shapes disagree or there are no usable
+        pairs.
     """
     g = np.asarray(g_A2, dtype=np.float64)
     b = _blocks(g, d)
     n = b.shape[0]
-    if int(n_states) != n_states or n_states < 3:
-        raise ValueError(f"n_states must be an integer >= 3, got {n_states!r}")
+    if int(n_states) != n_states or n_states < 2 * d + 2:
+        raise ValueError(
+            f"n_states must be an integer >= 2 d + 2 = {2 * d + 2}, got {n_states!r}: with "
+            "N - 1 <= 2 d degrees of freedom the canonical correlations of two sites are all 1"
+        )
     if int(n_draws) != n_draws or n_draws < 20:
         raise ValueError(f"n_draws must be an integer >= 20, got {n_draws!r}")
     pr = _pairs(pairs)

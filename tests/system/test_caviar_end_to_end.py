@@ -60,6 +60,8 @@ def test_coherent_hbn_columns_found_at_the_truth_sites(tmp_path, tiled_server):
     assert lat["found_fraction"] >= 0.9
     assert lat["position_error_rms_A"] < 0.1
     # three states of a coherent crystal: their columns do not scatter beyond the threshold
+    # (measured: u rms 0.071 Å vs threshold 0.075 Å, the position error, mostly the 0.1 Å
+    # registration shift — a thin margin, and a scatter twice the 0.036 Å of hBN at 300 K)
     assert lat["vibration_found"] is False, lat
     assert lat["u_rms_A"] <= lat["vibration_threshold_A"]
 

@@ -148,3 +148,10 @@ def test_null_distribution_is_calibrated():
     print(f"p values: mean {p.mean():.2f}, fraction < 0.05: {np.mean(p < 0.05):.2f}")
     assert 0.35 < p.mean() < 0.65  # uniform: 0.5 ± 0.05 for 40 draws
     assert np.mean(p < 0.05) <= 0.15
+
+
+def test_too_few_states_are_refused():
+    """N − 1 ≤ 2d: two sites' whitened cross-correlation is 1 whatever the data."""
+    u = np.random.default_rng(6).standard_normal((5, 4, 2))
+    with pytest.raises(ValueError, match="n_states must be an integer >= 2 d \\+ 2 = 6"):
+        neighbour_correlation_test(greens_tensor(displacements(u)), [[0, 1]], 5)

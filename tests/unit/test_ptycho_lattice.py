@@ -106,10 +106,10 @@ def test_coherent_run_with_several_states_finds_no_vibration(case):
     assert s["vibration_found"] is True
 
 
-def test_two_states_have_no_einstein_check(case):
-    """Two object states: G exists, the null needs three; the step still publishes."""
+def test_few_states_have_no_einstein_check(case):
+    """Three object states: G exists, the Einstein check needs six; the step still publishes."""
     result, truth, start, _ = case
-    two = SimpleNamespace(object_phase=result.object_phase[:2], pixel_size_A=PIXEL,
+    few = SimpleNamespace(object_phase=result.object_phase[:3], pixel_size_A=PIXEL,
                           object_origin_A=result.object_origin_A, positions_A=result.positions_A)
-    out = lattice_products(two, truth, start)
+    out = lattice_products(few, truth, start)
     assert "neighbour_correlation" not in out.summary and out.summary["u_rms_A"] > 0
