@@ -1,133 +1,199 @@
-"""Accuracy of the CAVIAR lattice analysis on synthetic object states (issue 7).
+"""Accuracy of the CAVIAR lattice analysis on simulated atom positions (issue 7).
 
 One command:  python bench/bench_lattice.py [--quick] [--plain]
 
-An hBN-like honeycomb (a = 2.5 Å, 6 × 6 cells, B/N columns of different phase, masses
-10.81/14.007 amu, first/second-neighbour springs 20/5 eV Å⁻², 300 K) is sampled in the
-three phonon cases of the issue — coherent, Einstein (same ⟨u²⟩, no correlation),
-correlated (harmonic G = k_B T Φ⁺) — rendered as phase images (Gaussian peaks, 1 %
-noise), and analysed by ``analyse_states``. Table 1 prints, per case, the detection
-error, ⟨u²⟩^½, LSM/CSM against the truth configurations and against the analytic model,
-the signed bond correlation ρ_L and the |off-diagonal|/diagonal ratio, and the time per
-state. Table 2 prints the mean branch frequencies (Γ–M–K–Γ) from N states, raw and
-unbiased (inverse-Wishart factor), against the force-constant model: the spread over
-repetitions shows what N = 10 states can and cannot say. The time column is the
-analysis only; the baseline for it is the time to render the same images (ratio).
+Ground truth from the simulator's model (devices/phonons.py): single-layer hBN
+(a = 2.504 Å, B/N masses 10.81/14.007 amu, the crystal's default springs of
+devices/crystal.py) on a periodic n × n supercell of primitive cells at 300 K,
+analytic G = k_B T Φ⁺, configurations by normal-mode sampling; Einstein with the same
+rms; coherent = one configuration seen by every state.
 
-The ground-truth generators come from the tests (``tests/unit/lattice_models.py``).
+Table 1 — phase images (Gaussian peaks, 1 % noise) of the three cases through
+``analyse_states``: detection error, u rms, LSM/CSM against the truth configurations
+and the analytic model, signed bond correlation ρ_L, the Einstein check (whitened
+neighbour correlation r vs its null distribution for N independent configurations:
+mean ± std and p), and the analysis time per state (ratio to rendering the images).
+Table 2 — what a given detection error allows: positions = truth + Gaussian error σ_det,
+10 states, 5 seeds: CSM against the truth configurations and the Einstein-check p of
+Einstein and correlated data.
+Table 3 — mean branch frequencies (Γ–M–K–Γ) from N states, raw and unbiased
+(inverse-Wishart factor), against the model's Bloch D(q)
+(``HarmonicLattice.bloch_dynamical_matrix``); the spread over repetitions shows what
+N = 10 states can and cannot say.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchtable import print_table
-from lattice_models import bloch_dynamical, greens, honeycomb, render, sample, springs
+from speckleflow.devices.crystal import HBN_A, HBN_C, CrystalSpec
+from speckleflow.devices.phonons import HarmonicLattice, einstein
 from speckleflow.services.lattice import (
     LatticeModel,
     analyse_states,
     dispersion,
     displacements,
-    frequencies_THz,
     greens_tensor,
+    in_plane_greens,
+    neighbour_correlation_test,
     neighbour_pairs,
     similarity,
     supercell_q,
 )
+from speckleflow.services.lattice.dynamics import THZ_PER_SQRT_EV_A2_AMU
 
-A, PIX, T = 2.5, 0.1, 300.0
-MASSES = np.array([10.81, 14.007])
-
-
-def _setup(n_cells: int):
-    sites, sub, cell, sup = honeycomb(n_cells, n_cells, A)
-    phi = springs(sites, sup, [(A / np.sqrt(3), 20.0), (A, 5.0)])
-    g = greens(phi, T)
-    margin = np.array([3.0, 3.0]) - sites.min(axis=0)
-    basis = np.array([[0.0, 0.0], (cell[0] + cell[1]) / 3]) + margin
-    return sites + margin, sub, cell, sup, phi, g, basis
+PIX, T, MARGIN = 0.1, 300.0, 3.0
 
 
-def accuracy_table(n_cells: int, n_states: int, plain: bool) -> None:
-    sites, sub, cell, _, _, g, basis = _setup(n_cells)
-    shape = tuple(int(v) for v in np.ceil((sites.max(axis=0) + 3.0) / PIX))
-    amp = np.where(sub == 0, 0.8, 1.0)
-    pairs = neighbour_pairs(sites, 1.1 * A)
-    sigma = float(np.sqrt(np.mean(np.diag(g))))
+class Honeycomb:
+    """hBN-1L on an n × n periodic supercell of primitive cells, in (y, x) for the analysis."""
+
+    def __init__(self, n: int) -> None:
+        from ase import Atoms
+
+        a = HBN_A
+        cell3 = [[a, 0.0, 0.0], [a / 2, math.sqrt(3) * a / 2, 0.0], [0.0, 0.0, HBN_C]]
+        unit = Atoms("BN", positions=[[0.0, 0.0, HBN_C / 2], [a / 2, a / (2 * math.sqrt(3)), HBN_C / 2]],
+                     cell=cell3, pbc=True)
+        atoms = unit.repeat((n, n, 1))
+        self.n = n
+        self.lattice = HarmonicLattice(atoms, CrystalSpec("hBN").default_springs())
+        self.sublattice = np.tile([0, 1], n * n)
+        eq = atoms.get_positions()
+        self.shift = MARGIN - eq[:, [1, 0]].min(axis=0)
+        self.sites = eq[:, [1, 0]] + self.shift  # (y, x) Å
+        self.eq3 = eq
+        self.cell = np.array([[0.0, a], [math.sqrt(3) * a / 2, a / 2]])  # rows a1, a2 (y, x)
+        self.basis = np.array([[0.0, 0.0], [a / (2 * math.sqrt(3)), a / 2]]) + self.sites[0]
+        self.masses = np.array([10.81, 14.007])
+        self.g = in_plane_greens(self.lattice.greens_tensor(T))  # per atom, (y, x)
+        self.sigma = float(np.sqrt(np.mean(np.diag(self.lattice.greens_tensor(T)))))
+        self.model = LatticeModel(cell_A=self.cell, basis_A=self.basis, supercell=(n, n),
+                                  masses_amu=self.masses)
+
+    def positions(self, case: str, n_states: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_states, n_atoms, 2) (y, x) Å of the truth configurations of one case."""
+        if case == "coherent":
+            u = np.zeros((n_states, len(self.sites), 3))
+        elif case == "einstein":
+            u = einstein(len(self.sites), self.sigma, n_states, rng)
+        else:
+            u = self.lattice.sample(T, n_states, rng)
+        return self.sites[None] + u[:, :, [1, 0]]
+
+    def model_branches(self, q_yx: np.ndarray) -> np.ndarray:
+        """Model ν (n_q, 4) THz, in-plane branches, from the Bloch D(q)."""
+        q = np.c_[q_yx[:, 1], q_yx[:, 0], np.zeros(len(q_yx))]
+        d = self.lattice.bloch_dynamical_matrix(q, self.sublattice)[:, [0, 1, 3, 4]][:, :, [0, 1, 3, 4]]
+        return np.sqrt(np.clip(np.linalg.eigvalsh(d), 0.0, None)) * THZ_PER_SQRT_EV_A2_AMU
+
+
+def render(positions: np.ndarray, shape: tuple[int, int], amplitude: np.ndarray, noise: float,
+           rng: np.random.Generator, sigma: float = 0.35) -> np.ndarray:
+    """Phase image (H, W), rad: Gaussian peaks at (y, x) Å, pixel PIX, origin (0, 0), noise."""
+    yy, xx = np.arange(shape[0]) * PIX, np.arange(shape[1]) * PIX
+    gy = np.exp(-((yy[None] - positions[:, :1]) ** 2) / (2 * sigma**2))
+    gx = np.exp(-((xx[None] - positions[:, 1:]) ** 2) / (2 * sigma**2))
+    return np.einsum("n,ny,nx->yx", amplitude, gy, gx) + noise * rng.standard_normal(shape)
+
+
+def accuracy_table(h: Honeycomb, n_states: int, plain: bool) -> None:
+    shape = tuple(int(v) for v in np.ceil((h.sites.max(axis=0) + MARGIN) / PIX))
+    amp = np.where(h.sublattice == 0, 0.8, 1.0)
+    nn = HBN_A / math.sqrt(3)
+    pairs = neighbour_pairs(h.sites, 1.15 * nn)
     rng = np.random.default_rng(0)
-    cases = {
-        "coherent": np.zeros((n_states, len(sites), 2)),
-        "einstein": sigma * rng.standard_normal((n_states, len(sites), 2)),
-        "correlated": sample(g, n_states, 2, rng),
-    }
-    model = LatticeModel(cell_A=cell, basis_A=basis, supercell=(n_cells, n_cells),
-                         masses_amu=MASSES)
     rows = []
-    for name, u in cases.items():
-        truth = sites[None] + u
+    for name in ("coherent", "einstein", "correlated"):
+        truth = h.positions(name, n_states, rng)
         t0 = time.perf_counter()
-        phase = np.stack([[render(p, shape, PIX, amplitude=amp, noise=0.01, rng=rng)]
-                          for p in truth])
+        phase = np.stack([[render(p, shape, amp, 0.01, rng)] for p in truth])
         t_render = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = analyse_states(phase, PIX, (0.0, 0.0), sites, radius_A=0.5, cutoff_A=1.1 * A,
-                             lattice=model, temperature_K=T)  # raw eq. 6
+        res = analyse_states(phase, PIX, (0.0, 0.0), h.sites, radius_A=0.5, cutoff_A=1.15 * nn,
+                             model_greens_A2=h.g, lattice=h.model, temperature_K=T)  # raw eq. 6
         t_ana = time.perf_counter() - t0
         g_truth = greens_tensor(displacements(truth))
         err = np.sqrt(np.nanmean((res.atoms.positions_A - truth) ** 2))
         vs_truth = (similarity(res.greens_tensor_A2, g_truth, pairs)
                     if np.abs(g_truth).max() > 1e-12 else None)
-        vs_model = similarity(res.greens_tensor_A2, g, pairs)
+        vs_model = similarity(res.greens_tensor_A2, h.g, pairs)
+        nt = res.neighbour_test
         rows.append([
             name,
             f"{err:.4f}",
             f"{np.sqrt(np.nanmean(res.displacements_A ** 2)):.4f}",
-            "—" if vs_truth is None else f"{vs_truth.lsm:.3f} / {vs_truth.csm:.3f}",
-            f"{vs_model.lsm:.3f} / {vs_model.csm:.3f}",
+            "—" if vs_truth is None else f"{vs_truth.lsm:.3f}/{vs_truth.csm:.3f}",
+            f"{vs_model.lsm:.3f}/{vs_model.csm:.3f}",
             f"{res.bond_correlation[0]:+.3f}",
-            f"{res.einstein_ratio:.3f}",
+            f"{nt.statistic:.3f}",
+            f"{nt.null_mean:.3f}±{nt.null_std:.3f}",
+            f"{nt.p_value:.3f}",
+            f"{nt.model_mean:.3f}",
             f"{t_ana / n_states:.3f}",
             f"{t_ana / t_render:.2f}",
         ])
     print_table(
         ["case", "det. err Å", "u rms Å", "LSM/CSM truth", "LSM/CSM model", "ρ_L",
-         "|off|/diag", "s/state", "ana/render"],
+         "r", "r null", "p", "r model", "s/state", "ana/render"],
         rows,
-        f"Lattice analysis, hBN-like {n_cells}×{n_cells} cells, {n_states} states, "
-        f"model u rms {sigma:.3f} Å",
+        f"Lattice analysis of phase images, hBN-1L {h.n}×{h.n} cells, {n_states} states, "
+        f"model u rms {h.sigma:.3f} Å",
         plain=plain,
-        right=range(1, 9),
+        right=range(1, 12),
     )
 
 
-def branches_table(n_cells: int, counts: list[int], repeats: int, plain: bool) -> None:
-    sites, sub, cell, sup, phi, g, basis = _setup(n_cells)
-    q_all = supercell_q(cell, (n_cells, n_cells))
-    ref = dispersion(g, sites, cell, basis, (n_cells, n_cells), MASSES, T)
-    exact = frequencies_THz(bloch_dynamical(phi, sites, sub, sup, MASSES,
-                                            q_all[ref.path_index]))[1:].mean(axis=0)
-    rows = [["model", "—", " ".join(f"{v:5.1f}" for v in exact), "—"]]
+def detection_table(h: Honeycomb, errors: list[float], seeds: int, plain: bool) -> None:
+    pairs = neighbour_pairs(h.sites, 1.15 * HBN_A / math.sqrt(3))
+    rows = []
+    for err in errors:
+        csm, p_e, p_c = [], [], []
+        for seed in range(seeds):
+            rng = np.random.default_rng([seed, 17])
+            for case, out in (("einstein", p_e), ("correlated", p_c)):
+                truth = h.positions(case, 10, rng)
+                found = truth + err * rng.standard_normal(truth.shape)
+                g = greens_tensor(displacements(found))
+                out.append(neighbour_correlation_test(g, pairs, 10, n_draws=100, seed=seed).p_value)
+                if case == "correlated":
+                    csm.append(similarity(g, greens_tensor(displacements(truth)), pairs).csm)
+        c = np.array(csm)
+        rows.append([f"{err:.3f}", f"{c.mean():.3f}", f"{c.min():.3f}",
+                     f"{np.median(p_e):.3f}", f"{np.max(p_c):.3f}"])
+    print_table(["σ_det Å", "CSM mean", "CSM min", "p Einstein (median)", "p correlated (max)"],
+                rows, f"Detection error vs accuracy: positions = truth + N(0, σ_det²), 10 states, "
+                f"{seeds} seeds, hBN-1L {h.n}×{h.n} (column u rms {h.sigma:.3f} Å)",
+                plain=plain, right=range(5))
+
+
+def branches_table(h: Honeycomb, counts: list[int], repeats: int, plain: bool) -> None:
+    n = h.n
+    q_all = supercell_q(h.cell, (n, n))
+    ref = dispersion(h.g, h.sites, h.cell, h.basis, (n, n), h.masses, T)
+    exact = h.model_branches(q_all[ref.path_index])[1:].mean(axis=0)
+    rows = [["model", "—", " ".join(f"{v:5.1f}" for v in exact), "—"],
+            ["analytic G", "∞", " ".join(f"{v:5.1f}" for v in ref.mean_branch_THz), "—"]]
     rng = np.random.default_rng(1)
-    for n in counts:
+    for count in counts:
         raw, fixed = [], []
         for _ in range(repeats):
-            gs = greens_tensor(displacements(sites[None] + sample(g, n, 2, rng)))
-            raw.append(dispersion(gs, sites, cell, basis, (n_cells, n_cells), MASSES, T)
-                       .mean_branch_THz)
-            fixed.append(dispersion(gs, sites, cell, basis, (n_cells, n_cells), MASSES, T,
-                                    n_states=n).mean_branch_THz)
+            gs = greens_tensor(displacements(h.positions("correlated", count, rng)))
+            raw.append(dispersion(gs, h.sites, h.cell, h.basis, (n, n), h.masses, T).mean_branch_THz)
+            fixed.append(dispersion(gs, h.sites, h.cell, h.basis, (n, n), h.masses, T,
+                                    n_states=count).mean_branch_THz)
         for label, vals in (("raw", raw), ("unbiased", fixed)):
             v = np.array(vals)
-            rows.append([label, str(n), " ".join(f"{x:5.1f}" for x in v.mean(axis=0)),
+            rows.append([label, str(count), " ".join(f"{x:5.1f}" for x in v.mean(axis=0)),
                          " ".join(f"{x:5.1f}" for x in v.std(axis=0))])
     print_table(["D(q) from", "states", "mean branches THz", "spread THz"], rows,
                 f"Mean branch frequencies Γ–M–K–Γ, {repeats} repetitions per row",
@@ -139,10 +205,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4×4 cells, fewer repetitions")
     ap.add_argument("--plain", action="store_true", help="plain-text tables")
     args = ap.parse_args()
-    n_cells = 4 if args.quick else 6
-    accuracy_table(n_cells, 10, args.plain)
-    branches_table(n_cells, [10, 30] if args.quick else [10, 30, 100],
-                   5 if args.quick else 20, args.plain)
+    h = Honeycomb(4 if args.quick else 6)
+    accuracy_table(h, 10, args.plain)
+    detection_table(h, [0.0, 0.01, 0.02] if args.quick else [0.0, 0.005, 0.01, 0.015, 0.02, 0.03],
+                    2 if args.quick else 10, args.plain)
+    branches_table(h, [10, 30] if args.quick else [10, 30, 100], 5 if args.quick else 20, args.plain)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,7 @@ class HarmonicLattice:
         self.n_atoms = n
         self.masses = np.asarray(atoms.get_masses(), dtype=np.float64)  # type: ignore[attr-defined]
         self.equilibrium = np.asarray(atoms.get_positions(), dtype=np.float64)  # type: ignore[attr-defined]
+        self.cell = np.asarray(atoms.cell, dtype=np.float64)  # type: ignore[attr-defined]
         cutoff = max(s.r_max for s in springs) + 1e-6
         ii, jj, dd, vv = neighbor_list("ijdD", atoms, cutoff)
         phi = np.zeros((n, n, 3, 3))
@@ -235,6 +236,55 @@ class HarmonicLattice:
         u = (q @ self.modes[:, 3:].T) * self._inv_sqrt_m3
         u = u.reshape(int(n_configs), self.n_atoms, 3)
         return u - u.mean(axis=1, keepdims=True)
+
+    def bloch_dynamical_matrix(self, q: np.ndarray, sublattice: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Dynamical matrix D(q) of the infinite crystal the supercell's springs describe.
+
+        ``D_st(q) = (m_s m_t)^{-1/2} Σ_{j ∈ t} Φ_{i_s j} exp(i q·(R_j − R_{i_s}))`` with
+        i_s the first atom of sublattice s and R_j − R_{i_s} the minimum-image bond
+        vector (exact while the supercell is more than twice the spring range). Its
+        eigenvalues are ω²(q) of the branches (Born & Huang 1954, eq. 38.20); at q on
+        the supercell's grid they are eigenvalues of :attr:`omega2`.
+
+        Parameters
+        ----------
+        q : ndarray, shape (n_q, 3) or (3,)
+            Wave vectors (x, y, z), rad/Å.
+        sublattice : sequence of int, shape (N,)
+            Sublattice (basis site) of every atom, 0 … n_basis − 1; atoms of one
+            sublattice must be equivalent by lattice translations.
+
+        Returns
+        -------
+        ndarray, shape (n_q, 3·n_basis, 3·n_basis), complex128
+            eV/(Å² amu), Hermitian; index 3·s + α.
+
+        Raises
+        ------
+        ValueError
+            If ``sublattice`` does not give every atom a label or ``q`` is not (n_q, 3).
+        """
+        sub = np.asarray(sublattice, dtype=np.int64).reshape(-1)
+        qq = np.atleast_2d(np.asarray(q, dtype=np.float64))
+        if sub.shape != (self.n_atoms,) or sub.min() < 0:
+            raise ValueError(f"sublattice must hold {self.n_atoms} labels >= 0, got shape {sub.shape}")
+        if qq.shape[1] != 3:
+            raise ValueError(f"q must have shape (n_q, 3) rad/Å, got {qq.shape}")
+        nb = int(sub.max()) + 1
+        phi = self.force_constants.reshape(self.n_atoms, 3, self.n_atoms, 3)
+        inv_cell = np.linalg.inv(self.cell)
+        out = np.zeros((len(qq), 3 * nb, 3 * nb), dtype=np.complex128)
+        for s in range(nb):
+            i0 = int(np.flatnonzero(sub == s)[0])
+            frac = (self.equilibrium - self.equilibrium[i0]) @ inv_cell
+            dr = (frac - np.rint(frac)) @ self.cell  # minimum image
+            phase = np.exp(1j * (qq @ dr.T))  # (n_q, N)
+            for t in range(nb):
+                js = np.flatnonzero(sub == t)
+                block = np.einsum("qj,ajb->qab", phase[:, js], phi[i0, :, js, :].transpose(1, 0, 2))
+                out[:, 3 * s:3 * s + 3, 3 * t:3 * t + 3] = block / np.sqrt(
+                    self.masses[i0] * self.masses[js[0]])
+        return 0.5 * (out + np.conj(out.transpose(0, 2, 1)))
 
     def potential_energy(self, displacements: np.ndarray) -> np.ndarray:
         """Harmonic energy ½ uᵀΦu per configuration, eV; ``displacements`` (n, N, 3) Å."""

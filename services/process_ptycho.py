@@ -443,6 +443,12 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
         table.add_row("column position error vs truth", f"{num('position_error_rms_A', '.3g')} Å rms")
         table.add_row("u rms", f"{num('u_rms_A', '.3g')} Å")
         table.add_row("LSM / CSM vs truth", f"{num('lsm', '.3f')} / {num('csm', '.3f')}")
+        if "vibration_found" in lat:  # coherent run, several object states
+            table.add_row("vibration found (u rms > threshold)",
+                          f"{lat['vibration_found']} ({num('vibration_threshold_A', '.3g')} Å)")
         table.add_row("bond correlation ρ_L", num("bond_correlation_longitudinal", "+.3f"))
+        table.add_row("neighbour correlation r (independent: mean ± std, p)",
+                      f"{num('neighbour_correlation', '.3f')} ({num('neighbour_correlation_null_mean', '.3f')}"
+                      f" ± {num('neighbour_correlation_null_std', '.3f')}, p {num('neighbour_correlation_p_value', '.3g')})")
     console.print(table)
     console.print(f"results: analysis/{result.uid}/ptycho/ ({', '.join(result.published)}) in {where}")

@@ -19,6 +19,7 @@ from .atoms import (
     register_sites,
 )
 from .correlations import (
+    NeighbourCorrelationTest,
     Similarity,
     bond_correlation,
     column_groups,
@@ -29,18 +30,22 @@ from .correlations import (
     einstein_ratio,
     greens_tensor,
     in_plane_greens,
+    neighbour_correlation,
+    neighbour_correlation_test,
     neighbour_pairs,
     similarity,
 )
 from .dynamics import (
     DispersionResult,
     assign_cells,
+    detrend_greens,
     dispersion,
     dynamical_matrix,
     fourier_covariance,
     fourier_displacements,
     frequencies_THz,
     high_symmetry_path,
+    periodic_cut,
     supercell_q,
 )
 from .truth import TruthReference, truth_reference
@@ -50,6 +55,7 @@ __all__ = [
     "DispersionResult",
     "LatticeAnalysis",
     "LatticeModel",
+    "NeighbourCorrelationTest",
     "Similarity",
     "TruthReference",
     "analyse_states",
@@ -61,6 +67,7 @@ __all__ = [
     "correlation_vectors",
     "debye_waller",
     "detect_atoms",
+    "detrend_greens",
     "dispersion",
     "displacements",
     "dynamical_matrix",
@@ -72,7 +79,10 @@ __all__ = [
     "high_symmetry_path",
     "in_plane_greens",
     "match_sites",
+    "neighbour_correlation",
+    "neighbour_correlation_test",
     "neighbour_pairs",
+    "periodic_cut",
     "refine_centre_of_mass",
     "register_sites",
     "similarity",

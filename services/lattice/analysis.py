@@ -18,12 +18,14 @@ from numpy.typing import ArrayLike
 
 from .atoms import AtomTable, atom_table, register_sites
 from .correlations import (
+    NeighbourCorrelationTest,
     Similarity,
     bond_correlation,
     debye_waller,
     displacements,
     einstein_ratio,
     greens_tensor,
+    neighbour_correlation_test,
     neighbour_pairs,
     similarity,
 )
@@ -67,6 +69,9 @@ class LatticeAnalysis:
     pairs : ndarray, shape (n_pairs, 2) — directed neighbour pairs within ``cutoff_A``.
     einstein_ratio : float — mean ‖G_ij‖ / mean ‖G_ii‖ over the pairs.
     bond_correlation : (float, float) — signed longitudinal / transverse ρ.
+    neighbour_test : NeighbourCorrelationTest or None — the Einstein check: whitened
+        neighbour correlation vs its distribution for independent configurations (and a
+        model G); None with fewer than 2d + 2 = 6 states (the test is void below).
     similarity : Similarity or None — LSM/CSM against the reference G, if given.
     dispersion : DispersionResult or None — if a lattice model and temperature are given.
     """
@@ -79,6 +84,7 @@ class LatticeAnalysis:
     pairs: np.ndarray
     einstein_ratio: float
     bond_correlation: tuple[float, float]
+    neighbour_test: NeighbourCorrelationTest | None
     similarity: Similarity | None
     dispersion: DispersionResult | None
 
@@ -91,6 +97,7 @@ class LatticeAnalysis:
             "einstein_ratio": self.einstein_ratio,
             "bond_correlation_longitudinal": self.bond_correlation[0],
             "bond_correlation_transverse": self.bond_correlation[1],
+            **(self.neighbour_test.summary() if self.neighbour_test is not None else {}),
         }
         if self.similarity is not None:
             out["lsm"] = self.similarity.lsm
@@ -111,6 +118,7 @@ def analyse_states(
     cutoff_A: float,
     register: bool = True,
     reference_greens_A2: ArrayLike | None = None,
+    model_greens_A2: ArrayLike | None = None,
     lattice: LatticeModel | None = None,
     temperature_K: float | None = None,
     threshold_rel: float = 0.25,
@@ -130,6 +138,9 @@ def analyse_states(
     reference_greens_A2 : array_like, shape (2 n_atoms, 2 n_atoms), optional — ground
         truth G of the same sites (e.g. from the truth configurations, or the analytic
         model through :func:`.correlations.in_plane_greens`), Å².
+    model_greens_A2 : array_like, shape (2 n_atoms, 2 n_atoms), optional — a model G
+        (e.g. the analytic correlated one) whose N-state distribution of the neighbour
+        correlation is reported next to the null's (:func:`.correlations.neighbour_correlation_test`).
     lattice : LatticeModel, optional — with ``temperature_K``, compute eqs. (5)–(6)
         (the sites must span the periodic supercell).
     temperature_K : float, optional — K.
@@ -182,6 +193,9 @@ def analyse_states(
         pairs=pairs,
         einstein_ratio=einstein_ratio(g, pairs),
         bond_correlation=bond_correlation(g, sites, pairs),
+        neighbour_test=(neighbour_correlation_test(g, pairs, ph.shape[0],
+                                                   model_greens_A2=model_greens_A2)
+                        if ph.shape[0] >= 2 * sites.shape[1] + 2 else None),
         similarity=sim,
         dispersion=disp,
     )

@@ -57,6 +57,7 @@ def correlation_figure(
     centre: int | None = None,
     g_ref_A2: ArrayLike | None = None,
     title: str | None = None,
+    note: str | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """Arrow plot of the correlation vectors ``G_cj[a, :]`` around a central atom c.
@@ -69,6 +70,8 @@ def correlation_figure(
     centre : int, optional — central atom (default: the site nearest the centroid).
     g_ref_A2 : array_like, optional — reference G (ground truth) drawn in grey.
     title : str, optional
+    note : str, optional — a second title line, e.g. the Einstein check
+        (:meth:`.correlations.NeighbourCorrelationTest.label`).
     path : path-like, optional — also write a PNG.
 
     Returns
@@ -113,8 +116,9 @@ def correlation_figure(
         ax.set_xlabel("x (Å)")
         ax.set_ylabel("y (Å)")
         ax.set_title(f"centre atom moves along {names[a]}")
-    fig.suptitle(title or f"correlation vectors ⟨u_c,a u_j⟩ (arrow 1 Å = {1 / scale:.3g} Å²)")
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.11, top=0.86, wspace=0.25)
+    head = title or f"correlation vectors ⟨u_c,a u_j⟩ (arrow 1 Å = {1 / scale:.3g} Å²)"
+    fig.suptitle(head if note is None else f"{head}\n{note}", fontsize=10 if note else None)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.11, top=0.82 if note else 0.86, wspace=0.25)
     return _render(fig, path)
 
 

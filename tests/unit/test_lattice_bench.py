@@ -20,11 +20,14 @@ def test_lattice_benchmark_quick_prints_tables() -> None:
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
     header = next(line for line in lines if line.startswith("case"))
-    for column in ("det. err Å", "LSM/CSM truth", "ρ_L", "s/state"):
+    for column in ("det. err Å", "LSM/CSM truth", "ρ_L", "r null", "p", "s/state"):
         assert column in header
     rows = {line.split()[0]: line.split() for line in lines
             if line.startswith(("coherent", "einstein", "correlated"))}
     assert set(rows) == {"coherent", "einstein", "correlated"}
     # correlated: CSM against the truth configurations (the issue asks ≥ 0.9)
-    assert float(rows["correlated"][5]) >= 0.9
+    assert float(rows["correlated"][3].split("/")[1]) >= 0.9
+    # the Einstein check: Einstein data at the null, correlated data far above it
+    assert float(rows["einstein"][8]) > 0.01 and float(rows["correlated"][8]) <= 0.01
+    assert any(line.startswith("σ_det") for line in lines)
     assert any(line.startswith("unbiased") for line in lines)

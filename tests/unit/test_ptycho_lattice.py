@@ -80,3 +80,36 @@ def test_other_configurations_do_not_match(case):
              "atom_equilibrium": eq}
     out = lattice_products(result, other, start)
     assert out.summary["csm"] < 0.8
+
+
+def test_coherent_run_with_several_states_finds_no_vibration(case):
+    """One truth configuration, 12 object states: vibration found only if the states move."""
+    result, truth, start, _ = case
+    eq = truth["atom_equilibrium"]
+    coherent = {"atom_positions": eq[None], "atom_equilibrium": eq}
+    # the states see the same crystal: render the equilibrium 12 times (noise differs)
+    rng = np.random.default_rng(4)
+    obj_origin = result.object_origin_A
+    yx = eq[:, [1, 0]] - np.asarray(start["scan_origin_A"]) - obj_origin
+    shape = result.object_phase.shape[-2:]
+    still = np.stack([render(yx, shape, PIXEL, sigma=0.3, noise=0.01, rng=rng)
+                      for _ in range(N_CONF)])[:, None]
+    quiet = SimpleNamespace(object_phase=still.astype(np.float32), pixel_size_A=PIXEL,
+                            object_origin_A=obj_origin, positions_A=result.positions_A)
+    s = lattice_products(quiet, coherent, start).summary
+    print({k: s[k] for k in ("u_rms_A", "position_error_rms_A", "vibration_found")})
+    assert s["vibration_found"] is False and s["lsm"] is None
+    assert s["u_rms_A"] < 0.01
+    # the vibrating states of the fixture against the same coherent truth: found
+    s = lattice_products(result, coherent, start).summary
+    print({k: s[k] for k in ("u_rms_A", "position_error_rms_A", "vibration_found")})
+    assert s["vibration_found"] is True
+
+
+def test_few_states_have_no_einstein_check(case):
+    """Three object states: G exists, the Einstein check needs six; the step still publishes."""
+    result, truth, start, _ = case
+    few = SimpleNamespace(object_phase=result.object_phase[:3], pixel_size_A=PIXEL,
+                          object_origin_A=result.object_origin_A, positions_A=result.positions_A)
+    out = lattice_products(few, truth, start)
+    assert "neighbour_correlation" not in out.summary and out.summary["u_rms_A"] > 0
