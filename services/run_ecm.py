@@ -134,13 +134,12 @@ _HEADER_ALLOWANCE = 65_536
 def g2_receive_hwm(opts: ECMRunOptions) -> int:
     """Receive high-water mark (messages) of the g2 worker's bus socket for this run.
 
-    The worker's receiver keeps its queue within a byte budget (``SPECKLEFLOW_RCV_QUEUE_MIB``)
-    by lowering RCVHWM when the first large message arrives; on a connected socket whose
-    queue is already above the new mark, libzmq then never signals the socket readable
-    again (zeromq/libzmq#2509): the default run (4 MiB batches, mark 10 000 → 15) lost
-    every frame after the first batch and its stop document under load. Given the
-    mark before it connects — the budget over the largest batch message — the receiver
-    has nothing to lower.
+    The worker's receiver keeps its queue within a byte budget (``SPECKLEFLOW_RCV_QUEUE_MIB``);
+    when a larger message than its RCVHWM allows arrives, it moves to a new socket with a
+    lower mark (libzmq cannot lower it on a connected socket: zeromq/libzmq#2509 — this
+    run once lost every frame after the first 4 MiB batch that way). Given the mark
+    before it connects — the budget over the largest batch message — the receiver has
+    nothing to move.
     """
     from .settings import WorkerSettings
 
