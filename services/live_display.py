@@ -59,6 +59,13 @@ def add_worker_rows(table: Table, worker_status: dict[str, dict[str, Any]]) -> N
         table.add_row(f"frames dropped by {kind}", str(sum(dropped.values())) + (f" {dropped}" if dropped else ""))
 
 
+def end_session(session: LiveSession, keep_serving: bool, console: Console) -> None:
+    """Stop the run's processes; with ``keep_serving`` leave Tiled up until Ctrl-C (``--keep-serving``)."""
+    session.stop(keep_tiled=keep_serving)
+    if keep_serving and session.tiled is not None:
+        serve_until_interrupted(session, console)
+
+
 def serve_until_interrupted(session: LiveSession, console: Console) -> None:
     """Keep the embedded Tiled server up for clients (``--keep-serving``) until Ctrl-C."""
     assert session.tiled is not None and session.tiled.process is not None

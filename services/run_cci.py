@@ -23,8 +23,8 @@ from rich.table import Table
 from .live import LiveSession, workers_done_timeout
 from .live_display import (
     add_worker_rows,
+    end_session,
     finalize_raw_record,
-    serve_until_interrupted,
     worker_table,
 )
 from .tiled_server import DataDirectory
@@ -250,9 +250,7 @@ def run_cci(
                 result.phase = _phase_at_run_end(session, result_uid, console)
         return result
     finally:
-        session.stop(keep_tiled=keep)
-        if keep and session.tiled is not None:
-            serve_until_interrupted(session, console)
+        end_session(session, keep, console)
 
 
 def _process_at_run_end(session: LiveSession, uid: str, opts: CCIRunOptions, console: Console) -> Any:

@@ -33,8 +33,8 @@ from rich.table import Table
 from .live import LiveSession, workers_done_timeout
 from .live_display import (
     add_worker_rows,
+    end_session,
     finalize_raw_record,
-    serve_until_interrupted,
     worker_table,
 )
 from .run_engine import RunMonitor, live_run_engine
@@ -286,9 +286,7 @@ def run_ecm(
                 console.print(f"[red]processing at run end failed:[/red] {type(exc).__name__}: {exc}")
         return result
     finally:
-        session.stop(keep_tiled=keep)
-        if keep and session.tiled is not None:
-            serve_until_interrupted(session, console)
+        end_session(session, keep, console)
 
 
 def print_summary(result: ECMRunResult, console: Console, data_dir: Path) -> None:

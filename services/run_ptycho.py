@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .live import LiveSession
-from .live_display import serve_until_interrupted
+from .live_display import end_session
 from .run_engine import RunMonitor, live_run_engine
 from .tiled_server import DataDirectory
 
@@ -230,9 +230,7 @@ def run_ptycho(opts: PtychoRunOptions, console: Console | None = None) -> Ptycho
         print_summary(result, console, data_dir.root)
         return result
     finally:
-        session.stop(keep_tiled=keep)
-        if keep and session.tiled is not None:
-            serve_until_interrupted(session, console)
+        end_session(session, keep, console)
 
 
 def print_summary(result: PtychoRunResult, console: Console, data_dir: Path) -> None:
