@@ -69,6 +69,7 @@ def reconstruct(
     displacement_sigma_px: float = 1.0,
     state_displacement_px: float = 0.2,
     displacement_lr: float = 0.01,
+    lr_final_fraction: float = 1.0,
     mode_power_fraction: float = 0.1,
     margin_px: int = 4,
     progress: Progress | None = None,
@@ -123,6 +124,10 @@ def reconstruct(
         the states; "displacement" only).
     displacement_lr : float
         Adam step of the displacement fields, pixels.
+    lr_final_fraction : float
+        Every step size decays exponentially within each stage to this fraction of its
+        value by the stage's last pass (1: constant). Adam with a constant step keeps
+        oscillating around the optimum at high counts.
     mode_power_fraction : float
         Initial power of the probe modes beyond the first (:func:`probe_modes`).
     margin_px : int
@@ -172,7 +177,9 @@ def reconstruct(
     if not (displacement_sigma_px >= 0 and state_displacement_px >= 0 and displacement_lr > 0):
         raise ValueError(f"displacement parameters out of range: sigma {displacement_sigma_px!r} px, "
                          f"initial {state_displacement_px!r} px, lr {displacement_lr!r}")
-    warp_opts = {"model": state_model, "sigma": float(displacement_sigma_px),
+    if not 0 < lr_final_fraction <= 1:
+        raise ValueError(f"lr_final_fraction must be in (0, 1], got {lr_final_fraction!r}")
+    warp_opts = {"lr_final": float(lr_final_fraction), "model": state_model, "sigma": float(displacement_sigma_px),
                  "init": float(state_displacement_px), "lr": float(displacement_lr)}
 
     old_threads = torch.get_num_threads()
@@ -245,8 +252,13 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
             pos_group = {"params": [shift], "lr": 0.0}
             params.append(pos_group)
         opt = torch.optim.Adam(params)
-        for _ in range(n_iter):
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        for k in range(n_iter):
             it = len(losses)
+            decay = warp_opts["lr_final"] ** (k / max(n_iter - 1, 1))
+            for g, base in zip(opt.param_groups, base_lrs, strict=True):
+                if g is not pos_group:
+                    g["lr"] = base * decay
             if pos_group is not None:
                 pos_group["lr"] = position_lr if it >= iterations // 4 else 0.0
             order = torch.randperm(n_pos, generator=gen)
@@ -311,7 +323,7 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
         "state_perturbation_rad": perturbation, "state_perturbation_px": perturbation_px,
         "mode_power_fraction": mode_power, "state_model": warp_opts["model"],
         "displacement_sigma_px": warp_opts["sigma"], "state_displacement_px": warp_opts["init"],
-        "displacement_lr": warp_opts["lr"],
+        "displacement_lr": warp_opts["lr"], "lr_final_fraction": warp_opts["lr_final"],
         "margin_px": margin_px, "seed": int(seed), "threads": torch.get_num_threads(),
         "energy_eV": float(data.energy_eV), "semiangle_mrad": float(data.semiangle_mrad),
         "angular_sampling_mrad": float(data.angular_sampling_mrad),
