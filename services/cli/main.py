@@ -519,6 +519,11 @@ class PtychoLoss(str, Enum):
     amplitude = "amplitude"
 
 
+class PtychoStateModel(str, Enum):
+    pixels = "pixels"
+    displacement = "displacement"
+
+
 @process_app.command("ptycho")
 def process_ptycho_command(
     run_uid: Annotated[str, typer.Argument(help="Run uid (raw/<uid>) or a unique prefix of >= 8 characters.")],
@@ -540,6 +545,14 @@ def process_ptycho_command(
     lr: Annotated[float, typer.Option(help="Adam step of the object phase, rad.")] = 0.02,
     probe_lr: Annotated[float, typer.Option(help="Adam step of the probe (relative to its peak).")] = 0.01,
     position_correction: Annotated[bool, typer.Option(help="Refine the scan positions.")] = False,
+    lr_final_fraction: Annotated[
+        float, typer.Option(help="Step sizes decay within each stage to this fraction (1: constant).",
+                            min=1e-6, max=1.0)
+    ] = 0.1,
+    state_model: Annotated[
+        PtychoStateModel,
+        typer.Option(help="Object states of stage 2: free pixels, or one base object warped per state."),
+    ] = PtychoStateModel.pixels,
     seed: Annotated[int, typer.Option(help="Seed of the state perturbations and minibatch order.")] = 0,
     threads: Annotated[
         int | None, typer.Option(help="torch threads (default: torch's).", show_default=False, min=1)
@@ -568,7 +581,9 @@ def process_ptycho_command(
             detector=detector, n_slices=slices, n_states=states, n_modes=modes,
             slice_thickness_A=slice_thickness, iterations=iterations, first_stage_iterations=first_stage,
             loss=loss.value, batch_size=batch_size, lr=lr, probe_lr=probe_lr,
-            position_correction=position_correction, seed=seed, threads=threads,
+            position_correction=position_correction, state_model=state_model.value,
+            lr_final_fraction=lr_final_fraction, seed=seed,
+            threads=threads,
         )
 
     _process_stored_run(run_uid, "ptychography", build, process_ptycho, print_ptycho_processing,

@@ -28,6 +28,7 @@ from .geometry import fresnel_propagator, object_grid
 from .model import far_field_intensity, gather_patches
 from .probe import aperture_probe, orthogonalize_modes, probe_modes
 from .result import PtychoData, ReconstructionResult
+from .states import gaussian_kernel, smooth_field, warp
 
 ALGORITHM = "mixed-object multislice ML ptychography (Adam, torch autograd; Gladyshev et al. 2025)"
 
@@ -64,6 +65,11 @@ def reconstruct(
     fixed_amplitude: bool = False,
     state_perturbation_rad: float = 0.1,
     state_perturbation_px: float = 1.5,
+    state_model: Literal["pixels", "displacement"] = "pixels",
+    displacement_sigma_px: float = 1.0,
+    state_displacement_px: float = 0.2,
+    displacement_lr: float = 0.01,
+    lr_final_fraction: float = 1.0,
     mode_power_fraction: float = 0.1,
     margin_px: int = 4,
     progress: Progress | None = None,
@@ -107,6 +113,21 @@ def reconstruct(
     state_perturbation_px : float
         Correlation length (Gaussian σ, pixels) of that random phase: smooth
         perturbations, like displaced atoms, separate the states faster than white noise.
+    state_model : {"pixels", "displacement"}
+        Second-stage object states: free pixel-wise phase and log-amplitude per state
+        ("pixels", the paper's), or one shared base object warped by a smooth displacement
+        field per state ("displacement", :mod:`~speckleflow.services.ptycho.states`).
+    displacement_sigma_px : float
+        Gaussian σ, pixels, smoothing the displacement fields ("displacement" only).
+    state_displacement_px : float
+        rms of the random initial displacement fields, pixels (breaks the symmetry of
+        the states; "displacement" only).
+    displacement_lr : float
+        Adam step of the displacement fields, pixels.
+    lr_final_fraction : float
+        Every step size decays exponentially within each stage to this fraction of its
+        value by the stage's last pass (1: constant). Adam with a constant step keeps
+        oscillating around the optimum at high counts.
     mode_power_fraction : float
         Initial power of the probe modes beyond the first (:func:`probe_modes`).
     margin_px : int
@@ -151,6 +172,15 @@ def reconstruct(
                          f"{state_perturbation_px!r} px")
     if threads is not None and int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
+    if state_model not in ("pixels", "displacement"):
+        raise ValueError(f"state_model must be 'pixels' or 'displacement', got {state_model!r}")
+    if not (displacement_sigma_px >= 0 and state_displacement_px >= 0 and displacement_lr > 0):
+        raise ValueError(f"displacement parameters out of range: sigma {displacement_sigma_px!r} px, "
+                         f"initial {state_displacement_px!r} px, lr {displacement_lr!r}")
+    if not 0 < lr_final_fraction <= 1:
+        raise ValueError(f"lr_final_fraction must be in (0, 1], got {lr_final_fraction!r}")
+    warp_opts = {"lr_final": float(lr_final_fraction), "model": state_model, "sigma": float(displacement_sigma_px),
+                 "init": float(state_displacement_px), "lr": float(displacement_lr)}
 
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -159,14 +189,14 @@ def reconstruct(
         return _fit(data, n_slices, float(slice_thickness_A), n_states, n_modes, iterations, first,
                     loss, batch_size, lr, probe_lr, position_correction, position_lr,
                     learn_state_weights, fixed_amplitude, state_perturbation_rad, state_perturbation_px,
-                    mode_power_fraction, margin_px, progress, seed)
+                    mode_power_fraction, margin_px, progress, seed, warp_opts)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_size, lr, probe_lr,
          position_correction, position_lr, learn_weights, fixed_amplitude, perturbation, perturbation_px,
-         mode_power, margin_px, progress, seed) -> ReconstructionResult:
+         mode_power, margin_px, progress, seed, warp_opts) -> ReconstructionResult:
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(seed)
@@ -199,10 +229,22 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
     # torch.optim's first use imports torch._dynamo (seconds); count it as setup, not fitting
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
+    warped: dict[str, torch.Tensor] = {}
+    kernel = gaussian_kernel(warp_opts["sigma"])
+
+    def objects() -> tuple[torch.Tensor, torch.Tensor]:
+        """Phase and log-amplitude (N, S, H, W) of every state."""
+        if "field" not in warped:
+            return phase, log_amp
+        maps = warp(torch.cat([phase[0], log_amp[0]]), smooth_field(warped["field"], kernel))
+        return maps[:, :n_slices], maps[:, n_slices:]
+
     def run_stage(n_iter: int, logits: torch.Tensor) -> None:
         params = [{"params": [phase], "lr": lr}, {"params": [probe_param], "lr": probe_lr}]
         if not fixed_amplitude:
             params.append({"params": [log_amp], "lr": lr})
+        if "field" in warped:
+            params.append({"params": [warped["field"]], "lr": warp_opts["lr"]})
         if learn_weights and logits.shape[0] > 1:
             params.append({"params": [logits], "lr": 0.05})
         pos_group = None
@@ -210,8 +252,13 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
             pos_group = {"params": [shift], "lr": 0.0}
             params.append(pos_group)
         opt = torch.optim.Adam(params)
-        for _ in range(n_iter):
+        base_lrs = [g["lr"] for g in opt.param_groups]
+        for k in range(n_iter):
             it = len(losses)
+            decay = warp_opts["lr_final"] ** (k / max(n_iter - 1, 1))
+            for g, base in zip(opt.param_groups, base_lrs, strict=True):
+                if g is not pos_group:
+                    g["lr"] = base * decay
             if pos_group is not None:
                 pos_group["lr"] = position_lr if it >= iterations // 4 else 0.0
             order = torch.randperm(n_pos, generator=gen)
@@ -220,8 +267,9 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
                 idx = order[b : b + batch_size]
                 opt.zero_grad(set_to_none=True)
                 tl = top_left[idx]
-                amp = torch.exp(gather_patches(log_amp, tl, window))
-                obj = torch.polar(amp, gather_patches(phase, tl, window))
+                ph_all, la_all = objects()
+                amp = torch.exp(gather_patches(la_all, tl, window))
+                obj = torch.polar(amp, gather_patches(ph_all, tl, window))
                 probe = torch.view_as_complex(probe_param) * scale
                 weights = torch.softmax(logits, dim=0)
                 model = far_field_intensity(obj, probe, frac0[idx] + shift[idx], propagator, weights)
@@ -236,7 +284,15 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
     t0 = time.perf_counter()
     run_stage(first, logits)
     t_stage1 = time.perf_counter() - t0
-    if n_states > 1:
+    if n_states > 1 and warp_opts["model"] == "displacement":
+        noise = torch.as_tensor(rng.normal(size=(n_states, 2, h, w)).astype(np.float32))
+        with torch.no_grad():
+            d0 = smooth_field(noise, kernel)
+            noise *= warp_opts["init"] / max(float(d0.std()), 1e-12)
+        warped["field"] = noise.requires_grad_(True)
+        logits = torch.zeros(n_states, requires_grad=learn_weights)
+        run_stage(iterations - first, logits)
+    elif n_states > 1:
         with torch.no_grad():
             noise = ndimage.gaussian_filter(rng.normal(size=(n_states, n_slices, h, w)),
                                             (0, 0, perturbation_px, perturbation_px))
@@ -252,7 +308,8 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
     t_total = time.perf_counter() - t0
 
     with torch.no_grad():
-        obj = torch.polar(torch.exp(log_amp), phase).numpy().astype(np.complex64)
+        ph_all, la_all = objects()
+        obj = torch.polar(torch.exp(la_all), ph_all).numpy().astype(np.complex64)
         probe = (torch.view_as_complex(probe_param) * scale).numpy()
         weights = torch.softmax(logits if n_states > 1 else torch.zeros(1), dim=0).numpy().astype(np.float64)
         refined = positions + shift.detach().numpy().astype(np.float64) * pixel
@@ -264,7 +321,9 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
         "position_correction": bool(position_correction), "position_lr": position_lr,
         "learn_state_weights": bool(learn_weights), "fixed_amplitude": bool(fixed_amplitude),
         "state_perturbation_rad": perturbation, "state_perturbation_px": perturbation_px,
-        "mode_power_fraction": mode_power,
+        "mode_power_fraction": mode_power, "state_model": warp_opts["model"],
+        "displacement_sigma_px": warp_opts["sigma"], "state_displacement_px": warp_opts["init"],
+        "displacement_lr": warp_opts["lr"], "lr_final_fraction": warp_opts["lr_final"],
         "margin_px": margin_px, "seed": int(seed), "threads": torch.get_num_threads(),
         "energy_eV": float(data.energy_eV), "semiangle_mrad": float(data.semiangle_mrad),
         "angular_sampling_mrad": float(data.angular_sampling_mrad),

@@ -176,3 +176,15 @@ def test_position_correction_with_the_amplitude_loss_moves_positions_towards_the
     assert rms(moved.positions_A) < 0.7 * rms(data.positions_A)
     assert moved.loss[-1] < fixed.loss[-1]
     assert moved.params["loss"] == "amplitude"
+
+
+def test_step_decay_and_state_model_out_of_range_are_named() -> None:
+    from speckleflow.services.ptycho.fit import reconstruct
+
+    rng = np.random.default_rng(1)
+    positions, grid, (truth,) = _scene(rng)
+    data = _data(rng, positions[:4], grid, [truth])
+    with pytest.raises(ValueError, match="lr_final_fraction"):
+        reconstruct(data, iterations=2, lr_final_fraction=0.0)
+    with pytest.raises(ValueError, match="state_model"):
+        reconstruct(data, iterations=2, n_states=2, state_model="atoms")  # type: ignore[arg-type]
