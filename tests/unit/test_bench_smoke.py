@@ -1,4 +1,4 @@
-"""The streaming benchmark runs (``--quick``, a few seconds) and prints its table."""
+"""Every benchmark runs (``--quick``, seconds to a minute) and prints its table."""
 
 from __future__ import annotations
 
@@ -11,22 +11,29 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_streaming.py"
 
 
-@pytest.mark.timeout(90)
-def test_streaming_benchmark_quick_prints_a_table() -> None:
-    # A subprocess: the benchmark spawns its receiver process, which re-imports the
-    # main module — that must be the benchmark script, not pytest.
+def run_bench(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run a benchmark script as a user would (a subprocess: some spawn processes that
+    re-import the main module, which must be the script, not pytest); fail with its stderr."""
     completed = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     assert completed.returncode == 0, completed.stderr
+    return completed
+
+
+def table_header(lines: list[str], first_word: str, columns: tuple[str, ...]) -> str:
+    """The table's header line (it starts with ``first_word``); it must name every column."""
+    header = next(line for line in lines if line.startswith(first_word))
+    for column in columns:
+        assert column in header, (column, header)
+    return header
+
+
+@pytest.mark.timeout(90)
+def test_streaming_benchmark_quick_prints_a_table() -> None:
+    completed = run_bench(BENCH, "--quick", "--plain", timeout=80)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("pattern"))
-    for column in ("raw fps", "ours fps", "ours/raw", "delivered"):
-        assert column in header
+    table_header(lines, "pattern", ("raw fps", "ours fps", "ours/raw", "delivered"))
     rows = [line for line in lines if line.startswith(("PUSH/PULL", "PUB/SUB"))]
     assert len(rows) == 6  # 3 patterns × 2 payloads over ipc
     assert "256×128 ×64" in completed.stdout
@@ -37,18 +44,9 @@ CCI_BENCH = BENCH.parent / "bench_cci.py"
 
 @pytest.mark.timeout(60)
 def test_cci_benchmark_quick_prints_a_table() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(CCI_BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(CCI_BENCH, "--quick", "--plain", timeout=50)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("step"))
-    for column in ("time s", "peak RSS GB"):
-        assert column in header
+    table_header(lines, "step", ("time s", "peak RSS GB"))
     for step in (
         "baseline X @ X.T",
         "correlation",
@@ -68,18 +66,9 @@ CELERITAS_BENCH = BENCH.parent / "bench_celeritas.py"
 
 @pytest.mark.timeout(120)
 def test_celeritas_benchmark_quick_prints_a_table() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(CELERITAS_BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(CELERITAS_BENCH, "--quick", "--plain", timeout=110)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("stage"))
-    for column in ("frames/s", "ms/frame", "× camera"):
-        assert column in header
+    table_header(lines, "stage", ("frames/s", "ms/frame", "× camera"))
     stages = {line.split()[0] for line in lines[3:]}
     assert {"speckle", "poisson", "response", "write", "copy", "camera"} <= stages
 
@@ -91,18 +80,11 @@ PHOTONS_BENCH = BENCH.parent / "bench_cci_photons.py"
 @pytest.mark.timeout(180)
 def test_cci_photons_benchmark_quick_prints_a_table(tmp_path) -> None:
     plot = tmp_path / "photons.png"
-    completed = subprocess.run(
-        [sys.executable, str(PHOTONS_BENCH), "--quick", "--plain", "--plot", str(plot)],
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(PHOTONS_BENCH, "--quick", "--plain", "--plot", str(plot), timeout=170)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("photons/frame"))
-    for column in ("oracle sibling %", "matched %", "ARI", "online after 20× %", "matched/oracle"):
-        assert column in header
+    table_header(
+        lines, "photons/frame", ("oracle sibling %", "matched %", "ARI", "online after 20× %", "matched/oracle")
+    )
     rows = [line.split() for line in lines if line.startswith(("1e+04", "2e+05"))]
     assert len(rows) == 2
     # More photons, better: the oracle's sibling accuracy rises with flux.
@@ -115,18 +97,9 @@ PHASE_BENCH = BENCH.parent / "bench_phase.py"
 
 @pytest.mark.timeout(90)
 def test_phase_benchmark_quick_prints_a_table() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(PHASE_BENCH), "--quick", "--plain", "--iterations", "5"],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(PHASE_BENCH, "--quick", "--plain", "--iterations", "5", timeout=80)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("grid"))
-    for column in ("backend", "2 FFTs ms", "it/s", "iteration / 2 FFTs"):
-        assert column in header
+    table_header(lines, "grid", ("backend", "2 FFTs ms", "it/s", "iteration / 2 FFTs"))
     rows = [line for line in lines if line.startswith(("256²", "512²"))]
     assert {r.split()[1] for r in rows} >= {"scipy", "numpy"}
     assert len(rows) % 2 == 0 and len(rows) >= 4
@@ -139,18 +112,9 @@ ECM_BENCH = BENCH.parent / "bench_ecm.py"
 
 @pytest.mark.timeout(90)
 def test_ecm_benchmark_quick_prints_a_table() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(ECM_BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(ECM_BENCH, "--quick", "--plain", timeout=80)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("stage"))
-    for column in ("frames/s", "ms/frame", "× copy"):
-        assert column in header
+    table_header(lines, "stage", ("frames/s", "ms/frame", "× copy"))
     for stage in ("copy (baseline)", "virtual (ours)", "virtual (masks)", "polar (ours)",
                   "polar (bincount)", "warp_polar (reference)"):
         assert any(line.startswith(stage) for line in lines), stage
@@ -162,18 +126,9 @@ G2_BENCH = BENCH.parent / "bench_g2.py"
 @pytest.mark.timeout(300)
 def test_g2_benchmark_quick_prints_a_table() -> None:
     # generous timeout: the first run compiles the numba kernel (cached afterwards)
-    completed = subprocess.run(
-        [sys.executable, str(G2_BENCH), "--quick", "--plain", "--skbeam-frames", "16"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(G2_BENCH, "--quick", "--plain", "--skbeam-frames", "16", timeout=280)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("correlator"))
-    for column in ("frames/s", "× boost f32", "× ours", "max |Δg2|"):
-        assert column in header
+    table_header(lines, "correlator", ("frames/s", "× boost f32", "× ours", "max |Δg2|"))
     ours = next(line for line in lines if line.startswith("ours n_buffers=16"))
     assert "exact" in ours
     numpy_row = next(line for line in lines if line.startswith("numpy batched"))
@@ -191,18 +146,9 @@ PROCESS_ECM_BENCH = BENCH.parent / "bench_process_ecm.py"
 def test_process_ecm_benchmark_quick_prints_a_table() -> None:
     # Starts its own Tiled server and records a 4×4 × 8 run: ~40 s on an idle 2-core
     # machine (the server's start-up is most of it); generous timeout for a loaded one.
-    completed = subprocess.run(
-        [sys.executable, str(PROCESS_ECM_BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=230,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(PROCESS_ECM_BENCH, "--quick", "--plain", timeout=230)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("reader"))
-    for column in ("read s", "requests", "read ratio", "run_ecm s", "run_ecm ratio"):
-        assert column in header
+    header = table_header(lines, "reader", ("read s", "requests", "read ratio", "run_ecm s", "run_ecm ratio"))
     for reader in ("numpy (in memory)", "tiled per-repeat (old)", "tiled merged", "hdf5 direct"):
         assert any(line.startswith(reader) for line in lines), reader
     col = header.index("requests")
@@ -220,18 +166,9 @@ PTYCHO_BENCH = BENCH.parent / "bench_ptycho.py"
 @pytest.mark.timeout(120)
 def test_ptycho_benchmark_quick_prints_a_table() -> None:
     pytest.importorskip("torch")
-    completed = subprocess.run(
-        [sys.executable, str(PTYCHO_BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(PTYCHO_BENCH, "--quick", "--plain", timeout=110)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("states"))
-    for column in ("s/iteration", "vs 1×1", "2-thread speedup", "peak RSS GB"):
-        assert column in header
+    header = table_header(lines, "states", ("s/iteration", "vs 1×1", "2-thread speedup", "peak RSS GB"))
     rows = [line.split() for line in lines[lines.index(header) + 2 :] if line.strip()]
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("1", "1", "1"), ("2", "1", "1"), ("2", "2", "1"), ("1", "1", "2"), ("2", "1", "2"), ("2", "2", "2"),
@@ -247,19 +184,10 @@ CRYSTAL_BENCH = BENCH.parent / "bench_crystal.py"
 def test_crystal_benchmark_quick_prints_a_table() -> None:
     pytest.importorskip("abtem")
     # ~45 s on 2 shared cores, most of it abTEM's import and numba compilation
-    completed = subprocess.run(
-        [sys.executable, str(CRYSTAL_BENCH), "--quick", "--plain"],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(CRYSTAL_BENCH, "--quick", "--plain", timeout=280)
     lines = completed.stdout.splitlines()
     assert "cache hit ratio 2/4" in lines[0]
-    header = next(line for line in lines if line.startswith("scan"))
-    for column in ("s/config", "ms/position", "× smallest", "cache load ms"):
-        assert column in header
+    table_header(lines, "scan", ("s/config", "ms/position", "× smallest", "cache load ms"))
     assert [line.split()[0] for line in lines[3:]] == ["4×4", "8×8"]
 
 
@@ -269,18 +197,9 @@ ECM_FIT_BENCH = BENCH.parent / "bench_ecm_fit.py"
 @pytest.mark.timeout(120)
 def test_ecm_fit_benchmark_quick_prints_a_table() -> None:
     # ~15 s on 2 shared cores (768 curves × 3 configurations + 40 scipy curves)
-    completed = subprocess.run(
-        [sys.executable, str(ECM_FIT_BENCH), "--quick", "--plain", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_bench(ECM_FIT_BENCH, "--quick", "--plain", "--repeat", "1", timeout=110)
     lines = completed.stdout.splitlines()
-    header = next(line for line in lines if line.startswith("fit"))
-    for column in ("curves/s (2 passes)", "× baseline"):
-        assert column in header
+    table_header(lines, "fit", ("curves/s (2 passes)", "× baseline"))
     assert any(line.startswith("scipy least_squares per curve") for line in lines)
     assert sum(line.startswith("batched LM") for line in lines) == 3
     warm = next(line for line in lines if line.startswith("warm vs cold"))
