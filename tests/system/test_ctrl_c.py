@@ -103,7 +103,10 @@ def test_keep_serving_leaves_tiled_up_for_clients_until_ctrl_c(tmp_path):
         assert c["raw"][uid]["primary"]["ccd_image"].shape == (30, 128, 128)
         assert c["raw"][uid].metadata["stop"]["exit_status"] == "success"
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # show how far the shutdown got
+            pytest.fail(f"no exit within 60 s of Ctrl-C; output so far:\n{log.read_text()}")
     finally:
         if proc.poll() is None:
             proc.kill()
