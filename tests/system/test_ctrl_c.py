@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from foreground import sigint_default
 
 from speckleflow.services.processes import wait_until
 
@@ -49,7 +50,7 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "speckleflow.services.cli.main", "run", "cci", "--pairs", "100000",
          "--detector-size", "128", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=sigint_default, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
         detector = data_dir / "detector"
@@ -89,7 +90,7 @@ def test_keep_serving_leaves_tiled_up_for_clients_until_ctrl_c(tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "speckleflow.services.cli.main", "run", "cci", "--pairs", "15",
              "--detector-size", "128", "--data-dir", str(data_dir), "--keep-serving", "--no-process"],
-            stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+            preexec_fn=sigint_default, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
         )
     try:
         wait_until(lambda: "Tiled stays up at" in log.read_text() or proc.poll() is not None, 240,

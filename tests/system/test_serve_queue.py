@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from foreground import sigint_default
 from bluesky_queueserver_api import BPlan
 from bluesky_queueserver_api.zmq import REManagerAPI
 from speckleflow.services.processes import wait_until
@@ -78,7 +79,7 @@ def service(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "speckleflow.services.cli.main", "serve", "--data-dir", str(data_dir),
              "--detector-size", "128", "--families", "2", "--temperature", "280", "--seed", "0"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=sigint_default, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
     try:
         def exited() -> str | None:
