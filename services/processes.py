@@ -132,14 +132,11 @@ class ChildProcess:
         if self.popen is None:
             return None
         if self.popen.poll() is None:
+            self.terminate()
             try:
-                self._signal(signal.SIGTERM)
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL)
-                self.popen.wait(5)
-            except ProcessLookupError:
-                pass
+                self.kill()
         if self.group:
             self._reap_group(timeout)
         return self.popen.returncode
