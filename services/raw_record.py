@@ -181,11 +181,11 @@ def check_raw_run(client: Any, uid: str, expected: dict[str, int]) -> RawRecordC
     RawRecordCheck
         ``status`` ``"complete"`` or ``"incomplete"``; ``backup`` unset.
     """
-    raw = client[RAW]
-    if uid not in raw:
+    try:
+        run = client[RAW][uid]
+    except KeyError:
         missing = {s: {"*": [[0, n - 1]]} for s, n in expected.items() if n}
         return RawRecordCheck(uid, "incomplete", dict(expected), missing, False)
-    run = raw[uid]
     has_stop = bool(run.metadata.get("stop"))
     streams = set(run.keys())
     missing: dict[str, dict[str, list[list[int]]]] = {}
@@ -357,8 +357,10 @@ def finalize_raw_record(
     if backup.is_file():
         check.status = "incomplete"
         check.backup = backup
-    if uid in client[RAW]:
+    try:
         _mark(client, check)
+    except KeyError:  # no raw/<uid> at all: nothing to mark
+        pass
     return check
 
 

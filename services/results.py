@@ -289,8 +289,11 @@ class ResultsPublisher:
     def _existing(self, parent, path: tuple[str, ...]):
         """Client of the node at ``path`` if it exists (cached), else ``None``."""
         node = self._nodes.get(path)
-        if node is None and path[-1] in parent:
-            node = self._nodes[path] = parent[path[-1]]
+        if node is None:
+            try:  # one request, as in ensure_container
+                node = self._nodes[path] = parent[path[-1]]
+            except KeyError:
+                return None
         return node
 
     def _apply(self, op: _Op) -> None:
