@@ -53,11 +53,6 @@ class WorkerHandle:
 ABORTED_RUN_WORKER_WAIT_S = 10.0
 
 
-def workers_done_timeout(exit_status: str | None, finished_run_wait_s: float) -> float:
-    """How long to wait for the workers at run end: the full wait for a finished run, less after an abort."""
-    return finished_run_wait_s if exit_status == "success" else min(finished_run_wait_s, ABORTED_RUN_WORKER_WAIT_S)
-
-
 class LiveSession:
     """Start, watch and stop every process of a live run.
 
@@ -226,8 +221,14 @@ class LiveSession:
                 handle.last_report = now
 
     # -- after a run --------------------------------------------------------------------
-    def wait_workers_done(self, run_uid: str, timeout: float = 30.0) -> None:
-        """Wait (bounded) until every live worker reports the run stopped and its results flushed."""
+    def wait_workers_done(self, run_uid: str, timeout: float = 30.0, *, exit_status: str = "success") -> None:
+        """Wait (bounded) until every live worker reports the run stopped and its results flushed.
+
+        A run that did not end in ``"success"`` (Ctrl-C, abort) waits at most
+        :data:`ABORTED_RUN_WORKER_WAIT_S`.
+        """
+        if exit_status != "success":
+            timeout = min(timeout, ABORTED_RUN_WORKER_WAIT_S)
 
         def done() -> bool:
             self.poll_status(50)

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .live import LiveSession, workers_done_timeout
+from .live import LiveSession
 from .live_display import (
     add_worker_rows,
     end_session,
@@ -219,7 +219,7 @@ def run_cci(
                 stop_display.set()
                 thread.join()
                 if monitor.uid:
-                    session.wait_workers_done(monitor.uid, timeout=workers_done_timeout(monitor.exit_status, 30))
+                    session.wait_workers_done(monitor.uid, timeout=30, exit_status=monitor.exit_status)
                 live.update(render())
         result_uid = monitor.uid
         if result_uid:

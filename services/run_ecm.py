@@ -30,7 +30,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .live import LiveSession, workers_done_timeout
+from .live import LiveSession
 from .live_display import (
     add_worker_rows,
     end_session,
@@ -257,7 +257,7 @@ def run_ecm(
                 stop_display.set()
                 thread.join()
                 if monitor.uid:
-                    session.wait_workers_done(monitor.uid, timeout=workers_done_timeout(monitor.exit_status, 60))
+                    session.wait_workers_done(monitor.uid, timeout=60, exit_status=monitor.exit_status)
                 live.update(render())
         uid = monitor.uid
         frames = camera.get_index()
