@@ -302,9 +302,12 @@ class BusReceiver:
         new mark, libzmq never signals it readable again (zeromq/libzmq#2509; measured
         here: a receiver that lowered 10 000 → 1 on its first 4 MiB message got nothing
         more). So a new socket with the lower mark connects next to the old one
-        (make before break: no gap while it subscribes); the old one is read to its end
-        first, then closed, and the new socket's copies of what it delivered meanwhile
-        are dropped by header.
+        (make before break: no gap while it subscribes). The old one is read first,
+        until it delivers the new one's first message (then it is closed and the new
+        socket carries on, its copies of what the old one delivered dropped by header),
+        and unsubscribes once the new one has received, so it stops growing; when the
+        consumer stays behind, it is read for at most ``max_queued_bytes`` and what it
+        still holds is lost and counted as missed (see :meth:`_hand_over`).
         """
         if size <= self.largest_message:
             return
