@@ -51,7 +51,7 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "speckleflow.services.cli.main", "run", "cci", "--pairs", "100000",
          "--detector-size", "128", "--data-dir", str(data_dir)],
-        preexec_fn=sigint_default, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
         detector = data_dir / "detector"
