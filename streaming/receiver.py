@@ -118,6 +118,8 @@ class BusReceiver:
         self.max_queued_bytes = None if max_queued_bytes is None else int(max_queued_bytes)
         #: The receive high-water mark in force, messages.
         self.rcvhwm = int(rcvhwm)
+        #: The mark the byte budget asks for (in force once no hand-over is under way).
+        self.wanted_rcvhwm = int(rcvhwm)
         #: The largest message received so far, bytes (all parts).
         self.largest_message = 0
         self.tracker = tracker if tracker is not None else SequenceTracker()
@@ -308,23 +310,29 @@ class BusReceiver:
         and unsubscribes once the new one has received, so it stops growing; when the
         consumer stays behind, it is read for at most ``max_queued_bytes`` and what it
         still holds is lost and counted as missed (see :meth:`_hand_over`).
+
+        A still larger message during a hand-over lowers :attr:`wanted_rcvhwm` at once
+        and the socket's mark after the hand-over: replacing the new socket while the
+        old one is being read would close the old one with messages the new one never
+        received (lost) and deliver the new one's copies of what the old one had
+        delivered again.
         """
-        if size <= self.largest_message:
+        if size > self.largest_message:
+            self.largest_message = size
+            assert self.max_queued_bytes is not None
+            hwm = max(1, min(self.max_rcvhwm, self.max_queued_bytes // size))
+            self.wanted_rcvhwm = min(self.wanted_rcvhwm, hwm)
+        handing_over = self._draining is not None or self._held is not None
+        if self.wanted_rcvhwm >= self.rcvhwm or handing_over:
             return
-        self.largest_message = size
-        assert self.max_queued_bytes is not None
-        hwm = max(1, min(self.max_rcvhwm, self.max_queued_bytes // size))
-        if hwm >= self.rcvhwm:
-            return
-        self._stop_draining()  # a hand-over in progress: drop the older socket
-        self._held = None
+        hwm = self.wanted_rcvhwm
         self._delivered.clear()
         self._draining, self._socket = self._socket, self._connect(hwm, wait_for_handshake=True)
         self._drain_left = self.max_queued_bytes
         self.replacements += 1
         logger.info(
             "receive queue from %s: %d messages of up to %d bytes fit the %d-byte budget",
-            self.address, hwm, size, self.max_queued_bytes,
+            self.address, hwm, self.largest_message, self.max_queued_bytes,
         )
         self.rcvhwm = hwm
 

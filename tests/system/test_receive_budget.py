@@ -133,11 +133,15 @@ def test_the_budget_lowers_rcvhwm_to_whole_messages_and_never_raises_it():
     rx = BusReceiver("tcp://127.0.0.1:1", rcvhwm=50, max_queued_bytes=1000)
     try:
         rx._fit_hwm(100)
-        assert rx.rcvhwm == 10
+        assert rx.rcvhwm == 10 and rx.replacements == 1
         rx._fit_hwm(60)  # smaller messages do not raise it back
-        assert rx.rcvhwm == 10
-        rx._fit_hwm(10_000)  # larger than the budget: still one message
-        assert rx.rcvhwm == 1 and rx.stats()["largest_message"] == 10_000
+        assert rx.wanted_rcvhwm == 10
+        rx._fit_hwm(10_000)  # larger than the budget: still one message ...
+        assert rx.wanted_rcvhwm == 1 and rx.stats()["largest_message"] == 10_000
+        assert rx.rcvhwm == 10 and rx.replacements == 1  # ... once the hand-over is over
+        rx._stop_draining()
+        rx._fit_hwm(50)
+        assert rx.rcvhwm == 1 and rx.replacements == 2
     finally:
         rx.close()
     big = BusReceiver("tcp://127.0.0.1:1", rcvhwm=5, max_queued_bytes=10**9)
@@ -185,6 +189,45 @@ def test_the_receiver_keeps_receiving_after_its_mark_is_lowered_under_a_burst():
         print(f"\nburst of 200 after the first: {len(seqs)} received, {rx.tracker.missed} missed")
         assert last is not None and last.header.seq == 201
         assert seqs == sorted(set(seqs))  # in order, none twice
+    finally:
+        rx.close()
+        xpub.close(linger=0)
+
+
+def test_a_larger_message_during_a_hand_over_loses_and_repeats_nothing():
+    # A 16 KiB message moves the receiver to a socket of 63 (1 MiB budget); an unread
+    # burst of 9 more and then two 256 KiB messages (656 KiB: within the budget, so the
+    # hand-over may read all of it from the old socket) goes into both sockets; the first
+    # 256 KiB one arrives while the old socket is still being read. Replacing the new
+    # socket right then (as the receiver once did) closed the old one with the last
+    # message in it and delivered the new one's copies of the nine again.
+    xpub, address = _xpub()
+    rx = BusReceiver(address, rcvhwm=10_000, max_queued_bytes=2**20)
+    small, large = np.ones((1, 64, 128), np.uint16), np.ones(FRAME_SHAPE, np.uint16)
+    size = {
+        name: sum(memoryview(p).nbytes for p in encode_frames("run", "celeritas", 0, frames))
+        for name, frames in (("small", small), ("large", large))
+    }
+    try:
+        _subscribed(xpub)
+        xpub.send_multipart(encode_frames("run", "celeritas", 0, small), copy=False)
+        assert rx.recv(timeout_ms=10_000) is not None
+        assert rx.rcvhwm == 2**20 // size["small"] and rx.replacements == 1
+        _subscribed(xpub)  # the replacement socket subscribed
+        for seq in range(1, 12):
+            frames = small if seq < 10 else large
+            xpub.send_multipart(encode_frames("run", "celeritas", seq, frames), copy=False)
+        seqs = []
+        while (message := rx.recv(timeout_ms=2000)) is not None:
+            seqs.append(message.header.seq)
+        xpub.send_multipart(encode_frames("run", "celeritas", 12, large), copy=False)
+        last = rx.recv(timeout_ms=10_000)
+        stats = rx.stats()
+        print(f"\nreceived {seqs}, missed {stats['missed']}, duplicates dropped {rx.duplicates}")
+        assert seqs == list(range(1, 12)) and stats["missed"] == 0
+        assert last is not None and last.header.seq == 12
+        # the lower mark came once the hand-over was over
+        assert rx.wanted_rcvhwm == rx.rcvhwm == 2**20 // size["large"] and rx.replacements == 2
     finally:
         rx.close()
         xpub.close(linger=0)
