@@ -1,6 +1,7 @@
 """How much the 4D-STEM data say about correlated vibrations (issue 7, CAVIAR): a dose bound.
 
 One command:  python bench/bench_ptycho_information.py [--plain] [--nx 16] [--step 0.3]
+(``--quick``: a 6×6 scan, seconds).
 
 Before asking a fit for the neighbour correlations (CSM), ask the data: do the patterns
 of the true frozen-phonon configurations differ, beyond Poisson noise, from those of the
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nx", type=int, default=16, help="scan positions per side")
     ap.add_argument("--step", type=float, default=0.3, help="scan step, Å")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a 6×6 scan (smoke test)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.nx = 6
     doses = (1e5, 1e6, 1e7)  # e/Å²; per pattern × step²
     rows, base = [], None
     for layers in (1, 3):

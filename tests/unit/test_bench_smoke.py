@@ -205,3 +205,25 @@ def test_ecm_fit_benchmark_quick_prints_a_table() -> None:
     warm = next(line for line in lines if line.startswith("warm vs cold"))
     assert "flags identical: True" in warm
     assert float(warm.split("=")[1].split(",")[0]) < 1e-3  # τ unchanged to well within σ_τ
+
+
+PTYCHO_INFORMATION_BENCH = BENCH.parent / "bench_ptycho_information.py"
+
+
+@pytest.mark.timeout(120)
+def test_ptycho_information_benchmark_quick_prints_a_table() -> None:
+    pytest.importorskip("torch")
+    # ~15 s: the fit's forward model on a 6×6 scan, 1- and 3-layer hBN
+    completed = run_bench(PTYCHO_INFORMATION_BENCH, "--quick", "--plain", timeout=110)
+    lines = completed.stdout.splitlines()
+    header = table_header(lines, "sample", ("χ² corr vs shuffled", "χ² vib vs static", "ratio"))
+    rows = [line.split() for line in lines[lines.index(header) + 2 :] if line.strip()]
+    assert [(r[0], r[1]) for r in rows] == [
+        (f"hBN-{n}L", dose) for n in (1, 3) for dose in ("1e+05", "1e+06", "1e+07")
+    ]
+    for low, high in ((rows[0], rows[2]), (rows[3], rows[5])):  # 1e5 and 1e7 e/Å², per sample
+        u_rms, pair, static = (float(v) for v in low[4:7])
+        # χ² grows with the dose (Poisson: ∝ electrons): 100 × from 1e5 to 1e7 e/Å²
+        assert float(high[5]) == pytest.approx(100 * pair, rel=0.02)
+        # the vibration itself is worth more than the correlations between columns
+        assert 0 < pair < static and u_rms > 0
