@@ -30,7 +30,8 @@ def _new_figure(w: float, h: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(min(w, 9.0), min(h, 6.0)), dpi=DPI)
+    # constrained layout: panel titles, tick labels and the colour bar never overlap
+    fig = Figure(figsize=(min(w, 9.0), min(h, 9.0)), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -141,7 +142,11 @@ def g2_figure(
 def tau_histogram_figure(
     counts: np.ndarray, edges: np.ndarray, fits: Sequence[LognormalFit | None], k_phi_centers: np.ndarray
 ) -> np.ndarray:
-    """τ histograms (summed over k_φ, and per k_φ as thin lines) with the log-normal fits.
+    """τ histogram summed over k_φ with the log-normal fits: their sum, and each k_φ's shape.
+
+    The bold line is the sum of the per-k_φ fits (it follows the histogram when every
+    k_φ bin is log-normal); the thin lines are the fits one by one, each scaled to the
+    total count so that their medians and widths can be compared with the histogram.
 
     Parameters
     ----------
@@ -163,13 +168,19 @@ def tau_histogram_figure(
         ax.stairs(total, edges, fill=True, alpha=0.4, label="all k_φ")
         centers = np.sqrt(edges[1:] * edges[:-1])
         dln = np.log(edges[1:] / edges[:-1])
+        fitted = np.zeros_like(centers)
         for j, f in enumerate(fits):
             if f is None:
                 continue
             pdf = np.exp(-0.5 * (np.log(centers / f.median) / f.sigma) ** 2) / (f.sigma * math.sqrt(2 * math.pi))
-            ax.plot(centers, counts[j].sum() * pdf * dln, lw=0.8,
+            fitted += counts[j].sum() * pdf * dln
+            ax.plot(centers, total.sum() * pdf * dln, lw=0.5, alpha=0.6,
                     label=f"{np.degrees(k_phi_centers[j]):.0f}°: τ̃ = {f.median:.3g} s, σ = {f.sigma:.2f}"
-                    if len(fits) <= 8 else None)
+                    if len(fits) <= 8 else None)  # fmt: skip
+        if any(f is not None for f in fits):
+            ax.plot(centers, fitted, color="k", lw=1.5, label="Σ of the fits per k_φ")
+            if len(fits) > 8:
+                ax.plot([], [], lw=0.5, color="C1", label="each k_φ's fit (scaled to the total)")
         ax.set_xscale("log")
     ax.set_xlabel("τ (s)")
     ax.set_ylabel("(position, k) bins")
