@@ -10,6 +10,7 @@ publishes on the bus and writes raw runs with TiledWriter. Plans are submitted w
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ def serve(
     stop: threading.Event | None = None,
     on_ready: Callable[[Service], None] | None = None,
 ) -> None:
-    """Run the service until Ctrl-C (or until ``stop`` is set), then stop every process.
+    """Run the service until Ctrl-C or SIGTERM (or until ``stop`` is set), then stop every process.
 
     ``on_ready(service)``, if given, is called once everything is up (tests use it to
     reach the queue server; the service keeps running meanwhile).
@@ -196,6 +197,11 @@ def serve(
     console = console or Console()
     stop = stop or threading.Event()
     service = Service(opts)
+    # SIGTERM (what systemd, `docker stop` and `kill` send) stops it like Ctrl-C does:
+    # otherwise Python dies at once and leaves every child process running.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with console.status("starting services") as status:
             service.start(progress=lambda msg: status.update(msg))
@@ -211,7 +217,9 @@ def serve(
                 console.print(f"[red]{p.name} exited with code {p.returncode}; stopping.[/red]\n{p.tail()}")
                 break
     except KeyboardInterrupt:
-        console.print("stopping (Ctrl-C)")
+        console.print("stopping (Ctrl-C or SIGTERM)")
     finally:
         service.stop()
         console.print(f"stopped; data in {service.data_dir.root}")
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
