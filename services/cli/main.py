@@ -766,9 +766,20 @@ def worker_command(
     raise typer.Exit(worker.serve())
 
 
+def _stack_dumps_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` prints every thread's Python stack to stderr (a hung process
+    tells where it is; the process keeps running)."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def main() -> None:  # pragma: no cover
+    _stack_dumps_on_sigusr1()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

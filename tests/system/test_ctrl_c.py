@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from foreground import sigint_default
-
 from speckleflow.services.processes import wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
@@ -43,6 +42,16 @@ def _frames_written(detector: Path) -> int:
     return 0
 
 
+def _sigint_ignored(pid: int) -> bool | None:
+    """Whether the process ignores SIGINT (SigIgn in /proc/<pid>/status), None if gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+    return bool(ignored >> (signal.SIGINT - 1) & 1)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(480)
 def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
@@ -62,8 +71,15 @@ def test_ctrl_c_aborts_the_run_and_stops_every_child(tmp_path):
         try:
             # 10-70 s here at load 3-12; CI's two test processes once took over 120 s
             out, _ = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired as e:  # show how far the shutdown got
-            pytest.fail(f"no exit within 240 s of Ctrl-C; output so far:\n{e.output}")
+        except subprocess.TimeoutExpired:  # show how far the shutdown got and where it hangs
+            proc.send_signal(signal.SIGUSR1)  # the CLI prints every thread's stack
+            try:
+                out, _ = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired as e:
+                out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else e.output
+            ignored = _sigint_ignored(proc.pid)
+            pytest.fail(f"no exit within 240 s of Ctrl-C (SIGINT ignored: {ignored}); output and "
+                        f"stacks:\n{out}")
     finally:
         if proc.poll() is None:
             proc.kill()
