@@ -121,3 +121,38 @@ def test_frequencies_are_skipped_with_the_reason(case):
     assert out.frequencies is None and "dispersion" not in out.figures and out.summary["u_rms_A"] > 0
     s = lattice_products(few, case.truth, {**case.start, "crystal": "MoS2-1L[0001]"}).summary
     assert "'MoS2-1L[0001]'" in s["frequencies_skipped"]
+
+
+@pytest.mark.system
+def test_frequencies_are_published_under_analysis_ptycho(case, tiled_client):
+    """The products written by process ptycho's publishing step into a real Tiled server
+    (≈ 8 s of writes on the shared machine, plus the session's server start)."""
+    from speckleflow.services.process_ptycho import PtychoProcessOptions, StoredPtychoRun, _publish
+    from speckleflow.services.ptycho.result import ReconstructionResult
+
+    phase = case.result.object_phase[:, :, :16, :16]
+    result = ReconstructionResult(
+        object=np.exp(1j * phase).astype(np.complex64), object_phase=phase, pixel_size_A=PIXEL,
+        slice_thickness_A=1.0, object_origin_A=case.result.object_origin_A,
+        probe=np.ones((1, 8, 8), np.complex64), loss=np.array([2.0, 1.0]),
+        positions_A=case.result.positions_A, state_weights=np.full(N_STATES, 1 / N_STATES),
+        params={"loss": "poisson", "first_stage_iterations": 1})
+    uid = "ptfreq-publish-test"
+    stored = StoredPtychoRun(uid, case.start, None, "test")
+    summary = {"object_origin_A": [-1.5, -1.5], "lattice": case.out.summary}
+    published = _publish(tiled_client, stored, PtychoProcessOptions(n_states=N_STATES), result, summary,
+                         None, case.out)
+    assert {"frequencies", "frequencies_truth", "figures/dispersion"} <= set(published)
+    node = tiled_client["analysis"][uid]["ptycho"]
+    freq = node["frequencies"]
+    md = freq.metadata
+    d = case.out.frequencies.dispersion
+    np.testing.assert_allclose(freq.read(), d.frequencies_THz[d.path_index])
+    assert md["dims"] == ["path_point", "branch"] and md["units"] == "THz"
+    assert md["path_labels"] == ["Γ", "M", "K", "Γ"] and md["block_cells"] == [4, 4]
+    assert len(md["path_distance_per_A"]) == len(d.path_index) == len(md["q_per_A"])
+    np.testing.assert_allclose(md["mean_branch_THz"], case.out.summary["mean_branch_THz"])
+    assert node["frequencies_truth"].metadata["source"] == "G of the truth configurations"
+    assert node["figures"]["dispersion"].read().shape[-1] == 4
+    lat = node.metadata["reconstruction"]["summary"]["lattice"]
+    assert lat["frequency_block_cells"] == [4, 4] and len(lat["mean_branch_truth_THz"]) == 4
