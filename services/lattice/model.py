@@ -196,9 +196,9 @@ def largest_block(
     ``min_cells``; of its positions, :func:`.dynamics.periodic_cut` takes the one nearest
     the field's centre. Square because the n × n q grid keeps the hexagonal zone's
     symmetry and the shorter side sets the leakage: on hBN-1L at 300 K (the truth G of
-    3000 configurations in a 20 × 20 Å field, detrended to order 1), the worst mean
-    branch is 12–18 % off the model for 3 × 3 … 5 × 5 blocks, but 46–50 % for 3 × 4,
-    3 × 5, 3 × 8 and 18–20 % for 4 × 5, 4 × 6, 4 × 7 (:func:`cropped_field_dispersion`).
+    3000 configurations in a 20 × 20 Å crop, detrended to order 1), the worst mean
+    branch is 12–18 % off the model for 3 × 3 … 5 × 5 blocks, but 49–52 % for 3 × 4 and
+    3 × 5 and 18–20 % for 4 × 5, 4 × 6 (``python bench/bench_lattice.py``, last table).
 
     Parameters
     ----------
@@ -279,7 +279,8 @@ def cropped_field_dispersion(
         has ≥ 3 cells, else 0 (the translation only): across two cells a linear ramp fits
         the zone-boundary mode exactly and removes it (hBN-1L 2 × 2, truth G of 3000
         configurations: mean branches 0.70–0.89 × the model with order 0, up to 3.4 ×
-        with order 1; 3 × 3: 0.80–0.91 with order 0, 0.89–1.18 with order 1).
+        with order 1; 3 × 3: 0.80–0.91 with order 0, 0.89–1.18 with order 1;
+        ``python bench/bench_lattice.py``, last table).
     tol_A : float — site assignment tolerance, Å.
 
     Returns
