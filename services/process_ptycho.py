@@ -499,6 +499,9 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
             n1, n2 = lat["frequency_block_cells"]
             table.add_row(f"mean branches {lat['frequency_path']} ({n1}×{n2} cells; truth)",
                           f"{branches} ({truth}) THz")
+            if "mean_branch_model_THz" in lat:
+                model = ", ".join(f"{v:.2f}" for v in lat["mean_branch_model_THz"])
+                table.add_row("mean branches of the analytic G, same cells", f"{model} THz")
         elif "frequencies_skipped" in lat:
             table.add_row("phonon frequencies", f"skipped: {lat['frequencies_skipped']}")
         table.add_row("neighbour correlation r (independent: mean ± std, p)",

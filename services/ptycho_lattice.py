@@ -180,7 +180,7 @@ def lattice_products(
         "greens_tensor": greens_figure(analysis.greens_tensor_A2),
     }
     freq, freq_truth, freq_summary, freq_figures = _frequencies(
-        analysis.greens_tensor_A2, g_truth, sites, origin, truth, start, n_states)
+        analysis.greens_tensor_A2, g_truth, g_model, sites, origin, truth, start, n_states)
     summary.update(freq_summary)
     figures.update(freq_figures)
     return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_truth,
@@ -197,8 +197,8 @@ def min_states_for_frequencies(n_basis: int, dim: int = 2) -> int:
     return max(2 * dim + 2, n_basis * dim + 1)
 
 
-def _frequencies(g: np.ndarray, g_truth: np.ndarray, sites: np.ndarray, origin: np.ndarray,
-                 truth: dict[str, np.ndarray], start: dict[str, Any],
+def _frequencies(g: np.ndarray, g_truth: np.ndarray, g_model: np.ndarray | None, sites: np.ndarray,
+                 origin: np.ndarray, truth: dict[str, np.ndarray], start: dict[str, Any],
                  n_states: int) -> tuple[Any, Any, dict[str, Any], dict[str, np.ndarray]]:
     """Mean branch frequencies (eq. 6) of the largest whole-cell block of the field.
 
@@ -206,8 +206,10 @@ def _frequencies(g: np.ndarray, g_truth: np.ndarray, sites: np.ndarray, origin: 
     equilibrium atoms and masses (:func:`.lattice.model.projected_lattice`), moved into the
     scan frame; the largest square block of whole primitive cells, n × n with n ≥ 2
     (:func:`.lattice.model.largest_block`); its G detrended to order 1 (order 0 for
-    n = 2, :func:`.lattice.model.cropped_field_dispersion`); at the run's ``temperature_K``. The truth configurations' G on the same block is the reference.
-    Returns (reconstruction, truth, summary entries, figures); when D(q) cannot be formed
+    n = 2, :func:`.lattice.model.cropped_field_dispersion`); at the run's
+    ``temperature_K``. The truth configurations' G on the same block is the reference;
+    with the truth's analytic G, its mean branches on the same block (the same cut, no
+    sampling noise) go into the summary as ``mean_branch_model_THz``. Returns (reconstruction, truth, summary entries, figures); when D(q) cannot be formed
     the summary has ``frequencies_skipped`` (why) and the rest is empty.
     """
     from dataclasses import replace
@@ -244,6 +246,10 @@ def _frequencies(g: np.ndarray, g_truth: np.ndarray, sites: np.ndarray, origin: 
         "frequency_detrend_order": rec.detrend_order,
         "frequency_temperature_K": float(temperature),
     }
+    if g_model is not None:
+        model_block = cropped_field_dispersion(g_model, sites, model, float(temperature),
+                                               block=(rec.indices, rec.n_cells))
+        summary["mean_branch_model_THz"] = [float(v) for v in model_block.dispersion.mean_branch_THz]
     fmt = ", ".join
     title = (f"{crystal}, {rec.n_cells[0]}×{rec.n_cells[1]} cells: mean branches "
              f"{fmt(f'{v:.1f}' for v in d.mean_branch_THz)} THz\n(truth, grey: "
