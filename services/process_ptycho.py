@@ -21,8 +21,16 @@ publishes under ``analysis/<uid>/ptycho/``:
 ``greens_tensor``     (2 site, 2 site) float64, G = ⟨u ⊗ u⟩ (eq. 2), Å²       │ stream:
 ``greens_truth``      the same from the truth configurations, Å²             │ lattice
 ``debye_waller``      (site,) float64, B = 8π²⟨u²⟩, Å²                        │ analysis
-``figures/<name>``    (y, x, rgba) uint8: correlation_vectors, greens_tensor ┘
+``frequencies``       (path point, branch) float64, ν along the path, THz    │
+``frequencies_truth`` the same from the truth configurations' G, THz         │
+``figures/<name>``    (y, x, rgba) uint8: correlation_vectors, greens_tensor, ┘
+                      dispersion
 ====================  ===============================================================
+
+``frequencies`` (vibrating runs with enough object states, the crystal hBN [0001] or
+Si [110]): D(q) (Gladyshev et al. eq. 6) of the largest block of whole primitive cells
+in the scanned field, its G detrended to order 1; the metadata names the path's points
+and their distances, the q points, the block and the lattice model.
 
 Every node carries provenance metadata with all parameters; the container's
 ``reconstruction`` metadata holds the summary (pixel size, origin, final loss, versions
@@ -396,7 +404,12 @@ def _publish(client: Any, stored: StoredPtychoRun, opts: PtychoProcessOptions, r
                              {"order": "site-major, (y, x) per site", "source": "truth configurations"}),
             "debye_waller": (lattice.debye_waller_A2, ["site"], "angstrom**2", {"definition": "8π²⟨u²⟩"}),
         })
-    stale = [k for k in ("sites", "atoms", "greens_tensor", "greens_truth", "debye_waller") if k in node]
+        for key, block, source in (("frequencies", lattice.frequencies, "reconstructed G"),
+                                   ("frequencies_truth", lattice.frequencies_truth, "G of the truth configurations")):
+            if block is not None:
+                arrays[key] = _frequency_array(block, source)
+    stale = [k for k in ("sites", "atoms", "greens_tensor", "greens_truth", "debye_waller", "frequencies",
+                         "frequencies_truth") if k in node]
     old = sorted(set([k for k in arrays if k in node] + stale))
     if old:
         node.delete_contents(old, external_only=False)
@@ -432,6 +445,25 @@ def _publish(client: Any, stored: StoredPtychoRun, opts: PtychoProcessOptions, r
     return list(arrays)
 
 
+def _frequency_array(block: Any, source: str) -> tuple[np.ndarray, list[str], str, dict[str, Any]]:
+    """Branch frequencies along the path of a :class:`~.lattice.model.BlockDispersion`, for publishing."""
+    d = block.dispersion
+    corners = [f"{label} at {dist:.4f} 1/Å" for label, dist in zip(d.labels, d.label_distance, strict=True)]
+    return (np.ascontiguousarray(d.frequencies_THz[d.path_index]), ["path_point", "branch"], "THz", {
+        "source": source, "equation": "Gladyshev et al. eqs. 5-6, D(q) = k_BT M^-1/2 <u~ u~*>^-1 M^-1/2",
+        "path": "–".join(d.labels), "path_labels": list(d.labels),
+        "path_label_distance_per_A": [float(v) for v in d.label_distance],
+        "path_points": corners,
+        "path_distance_per_A": [float(v) for v in d.path_distance],
+        "q_per_A": d.q[d.path_index].tolist(), "q_axis": ["y", "x"],
+        "mean_branch_THz": [float(v) for v in d.mean_branch_THz],
+        "block_cells": list(block.n_cells), "block_sites": [int(i) for i in block.indices],
+        "cell_A": block.model.cell_A.tolist(), "basis_A": block.model.basis_A.tolist(),
+        "masses_amu": [float(v) for v in block.model.masses_amu],
+        "detrend_order": block.detrend_order,
+    })
+
+
 def print_ptycho_processing(result: PtychoProcessResult, where: str, console: Any) -> None:
     """Summary table of a ptychographic reconstruction."""
     from rich.table import Table
@@ -461,6 +493,17 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
             table.add_row("vibration found (u rms > threshold)",
                           f"{lat['vibration_found']} ({num('vibration_threshold_A', '.3g')} Å)")
         table.add_row("bond correlation ρ_L", num("bond_correlation_longitudinal", "+.3f"))
+        if "mean_branch_THz" in lat:
+            branches = ", ".join(f"{v:.2f}" for v in lat["mean_branch_THz"])
+            truth = ", ".join(f"{v:.2f}" for v in lat["mean_branch_truth_THz"])
+            n1, n2 = lat["frequency_block_cells"]
+            table.add_row(f"mean branches {lat['frequency_path']} ({n1}×{n2} cells; truth)",
+                          f"{branches} ({truth}) THz")
+            if "mean_branch_model_THz" in lat:
+                model = ", ".join(f"{v:.2f}" for v in lat["mean_branch_model_THz"])
+                table.add_row("mean branches of the analytic G, same cells", f"{model} THz")
+        elif "frequencies_skipped" in lat:
+            table.add_row("phonon frequencies", f"skipped: {lat['frequencies_skipped']}")
         table.add_row("neighbour correlation r (independent: mean ± std, p)",
                       f"{num('neighbour_correlation', '.3f')} ({num('neighbour_correlation_null_mean', '.3f')}"
                       f" ± {num('neighbour_correlation_null_std', '.3f')}, p {num('neighbour_correlation_p_value', '.3g')})")

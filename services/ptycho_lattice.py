@@ -7,7 +7,10 @@ equilibrium structure, moved into the scan frame (scan position (y, x) Å =
 ``scan_origin_A`` + (iy, ix)·``scan_step_A``, services/ptycho/CAVIAR_CONTRACT.md) and restricted to the
 scanned field; the reference G is that of the truth configurations projected onto the
 same columns (with ~10 states, sampling alone limits the agreement with the analytic G,
-see ``bench/bench_lattice.py``).
+see ``bench/bench_lattice.py``). With enough object states the phonon frequencies
+(eqs. 5–6) of the largest block of whole primitive cells in the field are computed from
+the reconstructed G and, as the reference, from the truth configurations' G on the same
+block (:mod:`speckleflow.services.lattice.model`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from .raw_runs import RunContentError
 
-__all__ = ["MIN_VIBRATION_A", "LatticeProducts", "lattice_products", "read_truth"]
+__all__ = ["MIN_VIBRATION_A", "LatticeProducts", "lattice_products", "min_states_for_frequencies", "read_truth"]
 
 #: Smallest state-to-state column scatter (u rms, Å) reported as a vibration on coherent data.
 MIN_VIBRATION_A = 0.01
@@ -37,8 +40,13 @@ class LatticeProducts:
     greens_tensor_A2 : ndarray, shape (2 n_sites, 2 n_sites) — reconstructed G (eq. 2).
     greens_truth_A2 : ndarray, shape (2 n_sites, 2 n_sites) — G of the truth configurations.
     debye_waller_A2 : ndarray, shape (n_sites,) — B = 8π²⟨u²⟩.
-    summary : dict — LSM, CSM, found fraction, u rms, Einstein ratio, bond correlations.
+    summary : dict — LSM, CSM, found fraction, u rms, Einstein ratio, bond correlations,
+        mean branch frequencies and their block (or ``frequencies_skipped``).
     figures : dict of name → (h, w, 4) uint8 RGBA.
+    frequencies : BlockDispersion or None — eq. (6) from the reconstructed G on the
+        largest block of whole primitive cells in the field (vibrating runs).
+    frequencies_truth : BlockDispersion or None — the same from G of the truth
+        configurations on the same block.
     """
 
     sites_A: np.ndarray
@@ -48,6 +56,8 @@ class LatticeProducts:
     debye_waller_A2: np.ndarray
     summary: dict[str, Any]
     figures: dict[str, np.ndarray]
+    frequencies: Any = None
+    frequencies_truth: Any = None
 
 
 def _truth_column(run: Any, suffix: str) -> np.ndarray | None:
@@ -65,7 +75,8 @@ def read_truth(run: Any) -> dict[str, np.ndarray] | None:
     -------
     dict or None
         ``atom_positions`` (n_conf, n_atoms, 3) Å, ``atom_equilibrium`` (n_atoms, 3) Å
-        (ase order x, y, z), ``greens_tensor_analytic`` (3 n_atoms, 3 n_atoms) Å² or absent.
+        (ase order x, y, z), ``greens_tensor_analytic`` (3 n_atoms, 3 n_atoms) Å²,
+        ``masses_amu`` (n_atoms,) amu and ``temperature_K`` () K, each absent if not stored.
 
     Raises
     ------
@@ -75,7 +86,7 @@ def read_truth(run: Any) -> dict[str, np.ndarray] | None:
     if "truth" not in run:
         return None
     out: dict[str, np.ndarray] = {}
-    for name in ("atom_positions", "atom_equilibrium", "greens_tensor_analytic"):
+    for name in ("atom_positions", "atom_equilibrium", "greens_tensor_analytic", "masses_amu", "temperature_K"):
         value = _truth_column(run, name)
         if value is not None:
             out[name] = value
@@ -101,7 +112,8 @@ def lattice_products(
     truth : dict
         From :func:`read_truth`.
     start : dict
-        The run's start document (``scan_origin_A``).
+        The run's start document (``scan_origin_A``; ``crystal`` and ``temperature_K``
+        for the phonon frequencies).
     margin_A : float
         Sites up to this far outside the scanned rectangle are analysed too, Å.
 
@@ -167,8 +179,83 @@ def lattice_products(
                                                   note=_note(analysis)),
         "greens_tensor": greens_figure(analysis.greens_tensor_A2),
     }
+    freq, freq_truth, freq_summary, freq_figures = _frequencies(
+        analysis.greens_tensor_A2, g_truth, g_model, sites, origin, truth, start, n_states)
+    summary.update(freq_summary)
+    figures.update(freq_figures)
     return LatticeProducts(sites, analysis.atoms.positions_A, analysis.greens_tensor_A2, g_truth,
-                           analysis.debye_waller_A2, summary, figures)
+                           analysis.debye_waller_A2, summary, figures, freq, freq_truth)
+
+
+def min_states_for_frequencies(n_basis: int, dim: int = 2) -> int:
+    """Object states needed for D(q): max(2·dim + 2, n_basis·dim + 1).
+
+    2·dim + 2 as for the Einstein check; n_basis·dim + 1 because ⟨ũ ũ†⟩(q) is
+    (n_basis·dim)² and a covariance about the states' mean has rank ≤ n_states − 1: with
+    fewer states some branches of the pseudo-inverse (eq. 6) are 0 THz. hBN: 6, Si [110]: 9.
+    """
+    return max(2 * dim + 2, n_basis * dim + 1)
+
+
+def _frequencies(g: np.ndarray, g_truth: np.ndarray, g_model: np.ndarray | None, sites: np.ndarray,
+                 origin: np.ndarray, truth: dict[str, np.ndarray], start: dict[str, Any],
+                 n_states: int) -> tuple[Any, Any, dict[str, Any], dict[str, np.ndarray]]:
+    """Mean branch frequencies (eq. 6) of the largest whole-cell block of the field.
+
+    The run's crystal (start document ``crystal``) as a projected lattice from the truth's
+    equilibrium atoms and masses (:func:`.lattice.model.projected_lattice`), moved into the
+    scan frame; the largest square block of whole primitive cells, n × n with n ≥ 2
+    (:func:`.lattice.model.largest_block`); its G detrended to order 1 (order 0 for
+    n = 2, :func:`.lattice.model.cropped_field_dispersion`); at the run's
+    ``temperature_K``. The truth configurations' G on the same block is the reference;
+    with the truth's analytic G, its mean branches on the same block (the same cut, no
+    sampling noise) go into the summary as ``mean_branch_model_THz``. Returns (reconstruction, truth, summary entries, figures); when D(q) cannot be formed
+    the summary has ``frequencies_skipped`` (why) and the rest is empty.
+    """
+    from dataclasses import replace
+
+    from .lattice.figures import dispersion_figure
+    from .lattice.model import cropped_field_dispersion, projected_lattice
+
+    crystal = start.get("crystal")
+    temperature = start.get("temperature_K", truth.get("temperature_K"))
+    try:
+        if crystal is None:
+            raise ValueError("the start document names no crystal")
+        if truth.get("masses_amu") is None:
+            raise ValueError("the truth stream has no masses_amu")
+        if temperature is None or not float(temperature) > 0:
+            raise ValueError(f"the run's temperature_K {temperature!r} is not > 0 K")
+        model = projected_lattice(str(crystal), truth["atom_equilibrium"], truth["masses_amu"])
+        model = replace(model, basis_A=model.basis_A - origin)
+        need = min_states_for_frequencies(len(model.basis_A))
+        if n_states < need:
+            raise ValueError(f"{n_states} object states: D(q) of {crystal} needs >= {need}")
+        rec = cropped_field_dispersion(g, sites, model, float(temperature))
+    except ValueError as exc:
+        return None, None, {"frequencies_skipped": str(exc)}, {}
+    ref = cropped_field_dispersion(g_truth, sites, model, float(temperature),
+                                   block=(rec.indices, rec.n_cells))
+    d, dt = rec.dispersion, ref.dispersion
+    summary = {
+        "mean_branch_THz": [float(v) for v in d.mean_branch_THz],
+        "mean_branch_truth_THz": [float(v) for v in dt.mean_branch_THz],
+        "frequency_path": "–".join(d.labels),
+        "frequency_block_cells": list(rec.n_cells),
+        "frequency_block_sites": len(rec.indices),
+        "frequency_detrend_order": rec.detrend_order,
+        "frequency_temperature_K": float(temperature),
+    }
+    if g_model is not None:
+        model_block = cropped_field_dispersion(g_model, sites, model, float(temperature),
+                                               block=(rec.indices, rec.n_cells))
+        summary["mean_branch_model_THz"] = [float(v) for v in model_block.dispersion.mean_branch_THz]
+    fmt = ", ".join
+    title = (f"{crystal}, {rec.n_cells[0]}×{rec.n_cells[1]} cells: mean branches "
+             f"{fmt(f'{v:.1f}' for v in d.mean_branch_THz)} THz\n(truth, grey: "
+             f"{fmt(f'{v:.1f}' for v in dt.mean_branch_THz)} THz)")
+    figure = dispersion_figure(d, reference_THz=dt.frequencies_THz[dt.path_index], title=title)
+    return rec, ref, summary, {"dispersion": figure}
 
 
 def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float | None]:

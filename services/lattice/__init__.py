@@ -3,7 +3,8 @@
 Atom positions per object state and slice from the reconstructed phase
 (:mod:`.atoms`), displacements, Green's tensor, LSM/CSM and Debye–Waller factors
 (:mod:`.correlations`), Fourier-transformed displacements, dynamical matrix and phonon
-frequencies (:mod:`.dynamics`), and the figures (:mod:`.figures`, imported on demand).
+frequencies (:mod:`.dynamics`), the projected lattice of a run's crystal and D(q) of a
+cropped field (:mod:`.model`), and the figures (:mod:`.figures`, imported on demand).
 
 Conventions: lengths Å, mass amu, temperature K, frequencies THz (ν = ω/2π); in-plane
 coordinates are (y, x) in the row-major order of the images.
@@ -48,10 +49,18 @@ from .dynamics import (
     periodic_cut,
     supercell_q,
 )
+from .model import (
+    BlockDispersion,
+    cropped_field_dispersion,
+    crystal_kind,
+    largest_block,
+    projected_lattice,
+)
 from .truth import TruthReference, truth_reference
 
 __all__ = [
     "AtomTable",
+    "BlockDispersion",
     "DispersionResult",
     "LatticeAnalysis",
     "LatticeModel",
@@ -65,6 +74,8 @@ __all__ = [
     "column_groups",
     "column_positions",
     "correlation_vectors",
+    "cropped_field_dispersion",
+    "crystal_kind",
     "debye_waller",
     "detect_atoms",
     "detrend_greens",
@@ -78,11 +89,13 @@ __all__ = [
     "greens_tensor",
     "high_symmetry_path",
     "in_plane_greens",
+    "largest_block",
     "match_sites",
     "neighbour_correlation",
     "neighbour_correlation_test",
     "neighbour_pairs",
     "periodic_cut",
+    "projected_lattice",
     "refine_centre_of_mass",
     "register_sites",
     "similarity",

@@ -169,7 +169,7 @@ def dispersion_figure(
     result : DispersionResult — from :func:`speckleflow.services.lattice.dynamics.dispersion`.
     reference_THz : array_like, shape (n_path, n_branches), optional — e.g. the analytic
         model's frequencies at ``result.q[result.path_index]``, drawn as lines.
-    title : str, optional
+    title : str, optional — one or two lines.
     path : path-like, optional — also write a PNG.
 
     Returns
@@ -191,7 +191,7 @@ def dispersion_figure(
     ax.set_ylabel("ν (THz)")
     ax.set_xlim(result.label_distance[0], result.label_distance[-1])
     ax.set_ylim(bottom=0)
-    ax.set_title(title or "mean branches " + ", ".join(f"{v:.1f}" for v in result.mean_branch_THz)
-                 + " THz")
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.91)
+    head = title or "mean branches " + ", ".join(f"{v:.1f}" for v in result.mean_branch_THz) + " THz"
+    ax.set_title(head, fontsize=10 if "\n" in head else None)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.87 if "\n" in head else 0.91)
     return _render(fig, path)
