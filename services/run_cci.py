@@ -145,6 +145,7 @@ def run_cci(
 
     from .raw_record import FramesPublishedNote
     from .raw_writer import raw_run_writer
+    from .run_engine import InterruptibleWait
 
     data_dir = DataDirectory.create(opts.data_dir)
     session = LiveSession(
@@ -178,7 +179,7 @@ def run_cci(
         if opts.photons is not None:
             ccd.photons_per_frame.put(float(opts.photons))
 
-        RE = RunEngine({}, call_returns_result=False)
+        RE = RunEngine({}, call_returns_result=False, during_task=InterruptibleWait())
         RE.subscribe(session.publisher)
         RE.subscribe(monitor)
         if on_document is not None:

@@ -9,10 +9,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from bluesky.utils import DuringTask
+
 from .live import LiveSession
 from .tiled_server import DataDirectory
 
-__all__ = ["RunMonitor", "live_run_engine"]
+__all__ = ["InterruptibleWait", "RunMonitor", "live_run_engine"]
+
+
+class InterruptibleWait(DuringTask):
+    """The RunEngine's ``during_task``: the main thread waits for the plan in 0.1-s slices.
+
+    bluesky's default waits on an Event without a timeout. Python runs signal handlers
+    in the main thread only, and a process-directed SIGINT that the kernel hands to
+    another thread (the RunEngine's event loop, TiledWriter, a worker thread) does not
+    wake the main thread from an untimed lock wait: Ctrl-C then did nothing until the
+    plan ended (seen in CI: 240 s with the main thread in ``DuringTask.block`` and the
+    RunEngine's SIGINT handler installed; reproduced by sending SIGINT to the event-loop
+    thread, tests/system/test_sigint_thread.py). Waking every 0.1 s lets the handler run.
+    No Qt event loop is driven (nothing here uses matplotlib's Qt backend).
+    """
+
+    def block(self, blocking_event: Any) -> None:
+        while not blocking_event.wait(0.1):
+            pass
 
 
 class RunMonitor:
@@ -57,7 +77,7 @@ def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunM
 
     if session.publisher is None or session.client is None:
         raise RuntimeError("live_run_engine needs a started LiveSession")
-    RE = RunEngine({}, call_returns_result=False)
+    RE = RunEngine({}, call_returns_result=False, during_task=InterruptibleWait())
     RE.subscribe(session.publisher)
     RE.subscribe(monitor)
     RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
