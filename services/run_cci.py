@@ -138,14 +138,11 @@ def run_cci(
     """
     opts.validate()
     console = console or Console()
-    from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
     from speckleflow.devices import HelicityCCD, MagneticSample
     from speckleflow.plans import cci_series
 
-    from .raw_record import FramesPublishedNote
-    from .raw_writer import raw_run_writer
-    from .run_engine import InterruptibleWait
+    from .run_engine import live_run_engine
 
     data_dir = DataDirectory.create(opts.data_dir)
     session = LiveSession(
@@ -179,13 +176,8 @@ def run_cci(
         if opts.photons is not None:
             ccd.photons_per_frame.put(float(opts.photons))
 
-        RE = RunEngine({}, call_returns_result=False, during_task=InterruptibleWait())
-        RE.subscribe(session.publisher)
-        RE.subscribe(monitor)
-        if on_document is not None:
-            RE.subscribe(lambda name, doc: on_document(session, name, doc))
-        RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
-        RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=50))
+        hooks = [] if on_document is None else [lambda name, doc: on_document(session, name, doc)]
+        RE = live_run_engine(session, data_dir, monitor, callbacks=hooks)
 
         progress = Progress(
             TextColumn("{task.description}"),

@@ -7,6 +7,7 @@ exit status) and TiledWriter into ``raw/`` (the raw record, independent of the b
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bluesky.utils import DuringTask
@@ -53,7 +54,14 @@ class RunMonitor:
             self.stop = dict(doc)
 
 
-def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunMonitor, *, batch_size: int = 50) -> Any:
+def live_run_engine(
+    session: LiveSession,
+    data_dir: DataDirectory,
+    monitor: Callable[[str, dict[str, Any]], Any],
+    *,
+    batch_size: int = 50,
+    callbacks: Sequence[Callable[[str, dict[str, Any]], Any]] = (),
+) -> Any:
     """A RunEngine subscribed to the bus publisher, ``monitor``, the frames-published note and TiledWriter (raw/).
 
     Parameters
@@ -62,9 +70,12 @@ def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunM
         Started (its publisher and Tiled client exist).
     data_dir : DataDirectory
         TiledWriter backs documents up in ``data_dir.backup``.
-    monitor : RunMonitor
+    monitor : callable (name, doc)
+        A :class:`RunMonitor` or another document callback of the command.
     batch_size : int
         TiledWriter's event batch size.
+    callbacks : sequence of callables (name, doc)
+        Subscribed after ``monitor``, before the raw-record writers.
 
     Returns
     -------
@@ -80,6 +91,8 @@ def live_run_engine(session: LiveSession, data_dir: DataDirectory, monitor: RunM
     RE = RunEngine({}, call_returns_result=False, during_task=InterruptibleWait())
     RE.subscribe(session.publisher)
     RE.subscribe(monitor)
+    for callback in callbacks:
+        RE.subscribe(callback)
     RE.subscribe(FramesPublishedNote(session.publisher, session.client))  # before TiledWriter writes the stop
     RE.subscribe(raw_run_writer(session.client["raw"], backup_directory=str(data_dir.backup), batch_size=batch_size))
     return RE
