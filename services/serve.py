@@ -198,7 +198,8 @@ def serve(
     stop = stop or threading.Event()
     service = Service(opts)
     # SIGTERM (what systemd, `docker stop` and `kill` send) stops it like Ctrl-C does:
-    # otherwise Python dies at once and leaves every child process running.
+    # otherwise Python dies at once (exit -15) and nothing is stopped in order (the
+    # children only get their parent-death signal; a running plan's run is not closed).
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -322,8 +322,7 @@ class BusReceiver:
             assert self.max_queued_bytes is not None
             hwm = max(1, min(self.max_rcvhwm, self.max_queued_bytes // size))
             self.wanted_rcvhwm = min(self.wanted_rcvhwm, hwm)
-        handing_over = self._draining is not None or self._held is not None
-        if self.wanted_rcvhwm >= self.rcvhwm or handing_over:
+        if self.wanted_rcvhwm >= self.rcvhwm or self._handing_over:
             return
         hwm = self.wanted_rcvhwm
         self._delivered.clear()
@@ -335,6 +334,11 @@ class BusReceiver:
             self.address, hwm, self.largest_message, self.max_queued_bytes,
         )
         self.rcvhwm = hwm
+
+    @property
+    def _handing_over(self) -> bool:
+        """The old socket of a replacement is still read, or the new one's first message held."""
+        return self._draining is not None or self._held is not None
 
     def _stop_draining(self) -> None:
         if self._draining is not None:  # a held message (if any) is delivered next
@@ -382,7 +386,7 @@ class BusReceiver:
             "largest_message": self.largest_message,
             "max_queued_bytes": self.max_queued_bytes,
             "replacements": self.replacements,
-            "hand_over": self._draining is not None or self._held is not None,
+            "hand_over": self._handing_over,
         }
 
     def close(self) -> None:

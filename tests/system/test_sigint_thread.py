@@ -18,6 +18,7 @@ import sys
 import textwrap
 
 import pytest
+from foreground import sigint_default
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -50,9 +51,6 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/task")
 def test_sigint_delivered_to_another_thread_pauses_the_plan():
-    def sigint_default() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
     proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=sigint_default)
     try:
