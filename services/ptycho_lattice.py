@@ -164,12 +164,13 @@ def lattice_products(
     g_model = None if ref.greens_analytic_A2 is None else ref.greens_analytic_A2[np.ix_(idx, idx)]
     analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
                               radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth,
-                              model_greens_A2=g_model)
+                              model_greens_A2=g_model, **_mixed_state(result, nn))
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
     summary = {**scalars, **_position_error(analysis.atoms.positions_A, sites),
                "n_sites": len(sites), "nearest_neighbour_A": nn,
                "com_radius_A": radius, "pair_cutoff_A": cutoff,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
+               "estimator": analysis.estimator,
                "reference": "G of the truth configurations, projected columns",
                "neighbour_correlation_model": (None if g_model is None else
                                                "analytic G of the truth stream, projected columns")}
@@ -258,6 +259,20 @@ def _frequencies(g: np.ndarray, g_truth: np.ndarray, g_model: np.ndarray | None,
     return rec, ref, summary, {"dispersion": figure}
 
 
+def _mixed_state(result: Any, nn: float) -> dict[str, Any]:
+    """Keyword arguments selecting the mixed-state estimator of u and G (complex states).
+
+    The states of a mixed-object fit are fixed only up to a unitary mix; G is read from
+    the rotation-invariant coefficients (services/lattice/mixed_state.py), in cells of
+    0.6 nearest-neighbour distances. Without complex states (an old result), the
+    per-state centres of mass are used.
+    """
+    obj = getattr(result, "object", None)
+    if obj is None or not np.iscomplexobj(obj):
+        return {}
+    return {"objects": obj, "weights": getattr(result, "state_weights", None), "cell_radius_A": 0.6 * nn}
+
+
 def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float | None]:
     """rms distance, Å, of the state-mean column positions from the truth sites.
 
@@ -296,7 +311,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
     from .lattice.figures import correlation_figure, greens_figure
 
     analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
-                              radius_A=radius, cutoff_A=cutoff)
+                              radius_A=radius, cutoff_A=cutoff, **_mixed_state(result, nn))
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
     err = _position_error(analysis.atoms.positions_A, sites)
     u_rms, threshold = scalars.get("u_rms_A"), err["position_error_rms_A"]
@@ -307,6 +322,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
                "nearest_neighbour_A": nn, "com_radius_A": radius, "pair_cutoff_A": cutoff,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
                "vibration_threshold_A": threshold, "vibration_found": found,
+               "estimator": analysis.estimator,
                "reference": "coherent run: one truth configuration, no displacements"}
     g_zero = np.zeros_like(analysis.greens_tensor_A2)
     figures = {

@@ -2,7 +2,8 @@
 
 Atom positions per object state and slice from the reconstructed phase
 (:mod:`.atoms`), displacements, Green's tensor, LSM/CSM and Debye–Waller factors
-(:mod:`.correlations`), Fourier-transformed displacements, dynamical matrix and phonon
+(:mod:`.correlations`), u and G of a mixed object free of the states' unitary
+ambiguity (:mod:`.mixed_state`), Fourier-transformed displacements, dynamical matrix and phonon
 frequencies (:mod:`.dynamics`), the projected lattice of a run's crystal and D(q) of a
 cropped field (:mod:`.model`), and the figures (:mod:`.figures`, imported on demand).
 
@@ -49,6 +50,13 @@ from .dynamics import (
     periodic_cut,
     supercell_q,
 )
+from .mixed_state import (
+    coherent_object,
+    column_displacements,
+    equivalent_configurations,
+    greens_from_displacements,
+    projected_transmission,
+)
 from .model import (
     BlockDispersion,
     cropped_field_dispersion,
@@ -71,6 +79,8 @@ __all__ = [
     "assign_cells",
     "atom_table",
     "bond_correlation",
+    "coherent_object",
+    "column_displacements",
     "column_groups",
     "column_positions",
     "correlation_vectors",
@@ -83,9 +93,11 @@ __all__ = [
     "displacements",
     "dynamical_matrix",
     "einstein_ratio",
+    "equivalent_configurations",
     "fourier_covariance",
     "fourier_displacements",
     "frequencies_THz",
+    "greens_from_displacements",
     "greens_tensor",
     "high_symmetry_path",
     "in_plane_greens",
@@ -96,6 +108,7 @@ __all__ = [
     "neighbour_pairs",
     "periodic_cut",
     "projected_lattice",
+    "projected_transmission",
     "refine_centre_of_mass",
     "register_sites",
     "similarity",

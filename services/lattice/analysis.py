@@ -30,6 +30,12 @@ from .correlations import (
     similarity,
 )
 from .dynamics import DispersionResult, dispersion
+from .mixed_state import (
+    column_displacements,
+    equivalent_configurations,
+    greens_from_displacements,
+    projected_transmission,
+)
 
 __all__ = ["LatticeAnalysis", "LatticeModel", "analyse_states"]
 
@@ -63,7 +69,9 @@ class LatticeAnalysis:
     atoms : AtomTable — positions per state (and slice), in the frame of ``sites_A``
         shifted by ``shift_A``.
     shift_A : ndarray, shape (2,) — registration offset applied to the sites, Å.
-    displacements_A : ndarray, shape (n_states, n_atoms, 2) — eq. (1).
+    displacements_A : ndarray, shape (n_states, n_atoms, 2) — eq. (1): per state from the
+        centres of mass, or, with ``estimator == "mixed-state"``, the real configurations
+        equivalent to the states' complex coefficients (:mod:`.mixed_state`).
     greens_tensor_A2 : ndarray, shape (2 n_atoms, 2 n_atoms) — eq. (2), ddof = 1.
     debye_waller_A2 : ndarray, shape (n_atoms,) — B = 8π²⟨u²⟩ (in-plane mean).
     pairs : ndarray, shape (n_pairs, 2) — directed neighbour pairs within ``cutoff_A``.
@@ -74,6 +82,8 @@ class LatticeAnalysis:
         model G); None with fewer than 2d + 2 = 6 states (the test is void below).
     similarity : Similarity or None — LSM/CSM against the reference G, if given.
     dispersion : DispersionResult or None — if a lattice model and temperature are given.
+    estimator : str — "centre of mass" (per-state atoms, the paper's reading) or
+        "mixed-state" (rotation-invariant, :mod:`.mixed_state`).
     """
 
     atoms: AtomTable
@@ -87,6 +97,7 @@ class LatticeAnalysis:
     neighbour_test: NeighbourCorrelationTest | None
     similarity: Similarity | None
     dispersion: DispersionResult | None
+    estimator: str = "centre of mass"
 
     def summary(self) -> dict[str, float]:
         """Scalars for metadata: found fraction, mean B, ratios, LSM/CSM, mean branches."""
@@ -123,6 +134,9 @@ def analyse_states(
     temperature_K: float | None = None,
     threshold_rel: float = 0.25,
     unbias_states: bool = False,
+    objects: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    cell_radius_A: float | None = None,
 ) -> LatticeAnalysis:
     """Atoms, displacements, G, Debye–Waller, LSM/CSM and phonon frequencies of states.
 
@@ -149,6 +163,13 @@ def analyse_states(
         states (:func:`.dynamics.dynamical_matrix`). Off by default (eq. 6 as written):
         the factor makes the mean of D right, but with ~10 states the eigenvalues still
         spread, and it then lowers the soft branches (``bench/bench_lattice.py``).
+    objects : array_like, shape (n_states, n_slices, H, W), complex, optional — the
+        complex object states. Given, u and G come from the rotation-invariant
+        mixed-state estimator (:mod:`.mixed_state`) instead of the per-state centres of
+        mass; the atom table (found fraction, mean positions) is still read per state.
+    weights : array_like, shape (n_states,), optional — state weights (equal if None).
+    cell_radius_A : float, optional — the mixed-state fit's cell radius, Å (default
+        0.6 × the sites' nearest-neighbour distance).
 
     Returns
     -------
@@ -173,8 +194,22 @@ def analyse_states(
                                threshold_rel=threshold_rel)
     table = atom_table(ph, pixel_size_A, origin_A, sites + shift, radius_A=radius_A,
                        threshold_rel=threshold_rel)
-    u = displacements(table.positions_A)
-    g = greens_tensor(u)
+    estimator = "centre of mass"
+    if objects is None:
+        u = displacements(table.positions_A)
+        g = greens_tensor(u)
+    else:
+        states = projected_transmission(objects)
+        if states.shape[0] != ph.shape[0]:
+            raise ValueError(f"objects has {states.shape[0]} states, phase {ph.shape[0]}")
+        if cell_radius_A is None:
+            d = np.linalg.norm(sites[:, None] - sites[None], axis=-1)
+            cell_radius_A = 0.6 * float(np.min(d[d > 0])) if len(sites) > 1 else 2 * radius_A
+        v = column_displacements(states, pixel_size_A, origin_A, sites + shift, radius_A=cell_radius_A,
+                                 weights=weights)
+        g = greens_from_displacements(v, weights)
+        u = equivalent_configurations(v, weights)
+        estimator = "mixed-state"
     pairs = neighbour_pairs(sites, cutoff_A)
     sim = None
     if reference_greens_A2 is not None:
@@ -198,4 +233,5 @@ def analyse_states(
                         if ph.shape[0] >= 2 * sites.shape[1] + 2 else None),
         similarity=sim,
         dispersion=disp,
+        estimator=estimator,
     )

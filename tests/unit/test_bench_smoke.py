@@ -227,3 +227,24 @@ def test_ptycho_information_benchmark_quick_prints_a_table() -> None:
         assert float(high[5]) == pytest.approx(100 * pair, rel=0.02)
         # the vibration itself is worth more than the correlations between columns
         assert 0 < pair < static and u_rms > 0
+
+
+CAVIAR_ACCURACY_BENCH = BENCH.parent / "bench_caviar_accuracy.py"
+
+
+@pytest.mark.timeout(180)
+def test_caviar_accuracy_benchmark_quick_prints_a_table(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("abtem")
+    # ~30 s: abTEM on an 8×8 scan (2 configurations, cached in tmp_path), 6-pass fits
+    monkeypatch.setenv("SPECKLEFLOW_CACHE", str(tmp_path))
+    completed = run_bench(CAVIAR_ACCURACY_BENCH, "--quick", "--plain", timeout=170)
+    lines = completed.stdout.splitlines()
+    header = table_header(lines, "case", ("estimator", "u rms Å", "CSM", "target", "ratio"))
+    rows = [line.split() for line in lines[lines.index(header) + 2 :] if line.strip()]
+    assert [r[0] for r in rows] == ["coherent"] * 2 + ["einstein"] * 2 + ["correlated"] * 2
+    assert [r[1] for r in rows[:2]] == ["mixed-state", "centre"]
+    u_mixed, u_com = float(rows[0][3]), float(rows[1][5])  # "centre of mass" is three words
+    # the mixed-state fit reads column displacements only: a coherent crystal's states,
+    # still carrying their random start perturbation, scatter less than by centre of mass
+    assert 0 <= u_mixed < u_com
