@@ -164,7 +164,7 @@ def lattice_products(
     g_model = None if ref.greens_analytic_A2 is None else ref.greens_analytic_A2[np.ix_(idx, idx)]
     analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
                               radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth,
-                              model_greens_A2=g_model, **_mixed_state(result, nn))
+                              model_greens_A2=g_model, **_mixed_state(result))
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
     summary = {**scalars, **_position_error(analysis.atoms.positions_A, sites),
                "n_sites": len(sites), "nearest_neighbour_A": nn,
@@ -259,18 +259,18 @@ def _frequencies(g: np.ndarray, g_truth: np.ndarray, g_model: np.ndarray | None,
     return rec, ref, summary, {"dispersion": figure}
 
 
-def _mixed_state(result: Any, nn: float) -> dict[str, Any]:
+def _mixed_state(result: Any) -> dict[str, Any]:
     """Keyword arguments selecting the mixed-state estimator of u and G (complex states).
 
     The states of a mixed-object fit are fixed only up to a unitary mix; G is read from
     the rotation-invariant coefficients (services/lattice/mixed_state.py), in cells of
-    0.6 nearest-neighbour distances. Without complex states (an old result), the
-    per-state centres of mass are used.
+    ``analyse_states``' default radius (0.6 nearest-neighbour distances). Without complex
+    states (an old result), the per-state centres of mass are used.
     """
     obj = getattr(result, "object", None)
     if obj is None or not np.iscomplexobj(obj):
         return {}
-    return {"objects": obj, "weights": getattr(result, "state_weights", None), "cell_radius_A": 0.6 * nn}
+    return {"objects": obj, "weights": getattr(result, "state_weights", None)}
 
 
 def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float | None]:
@@ -311,7 +311,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
     from .lattice.figures import correlation_figure, greens_figure
 
     analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
-                              radius_A=radius, cutoff_A=cutoff, **_mixed_state(result, nn))
+                              radius_A=radius, cutoff_A=cutoff, **_mixed_state(result))
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
     err = _position_error(analysis.atoms.positions_A, sites)
     u_rms, threshold = scalars.get("u_rms_A"), err["position_error_rms_A"]

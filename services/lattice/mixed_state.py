@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .atoms import _check_pixel, _check_points
+
 __all__ = [
     "coherent_object",
     "column_displacements",
@@ -160,14 +162,10 @@ def column_displacements(
     o = np.asarray(states)
     if o.ndim != 3 or not np.iscomplexobj(o):
         raise ValueError(f"states must be complex (N, H, W), got {o.dtype} {o.shape}")
-    pixel = float(pixel_size_A)
-    if not (np.isfinite(pixel) and pixel > 0):
-        raise ValueError(f"pixel_size_A must be > 0, got {pixel_size_A!r}")
+    pixel = _check_pixel(pixel_size_A)
     if not radius_A > 0:
         raise ValueError(f"radius_A must be > 0, got {radius_A!r}")
-    sites = np.asarray(sites_A, dtype=np.float64)
-    if sites.ndim != 2 or sites.shape[1] != 2:
-        raise ValueError(f"sites_A must have shape (n_sites, 2), got {sites.shape}")
+    sites = _check_points(sites_A, "sites_A")
     origin = np.asarray(origin_A, dtype=np.float64)
     n, h, w = o.shape
     o0, _ = coherent_object(o, weights)
