@@ -87,6 +87,9 @@ class PtychoProcessOptions:
         Step sizes decay exponentially within each stage to this fraction (hBN-1L
         correlated, 16 × 16, 40 passes: 0.1 raised the mean-phase correlation with the
         truth 0.79 → 0.86 at 1e5 e/Å² and 0.92 → 0.97 at 1e7 e/Å², lower final loss).
+    oversampling : float or None
+        Model window over detector width (None: the smallest window that keeps scattering
+        beyond the detector's edge off it, :func:`~speckleflow.services.ptycho.geometry.model_window`).
     state_model : str
         "pixels" (free states, the paper's) or "displacement" (one base object warped by a
         smooth field per state, :mod:`~speckleflow.services.ptycho.states`).
@@ -110,6 +113,7 @@ class PtychoProcessOptions:
     probe_lr: float = 0.01
     position_correction: bool = False
     lr_final_fraction: float = 0.1
+    oversampling: float | None = None
     state_model: str = "pixels"
     seed: int = 0
     threads: int | None = None
@@ -129,6 +133,8 @@ class PtychoProcessOptions:
             raise ValueError(f"loss must be 'poisson' or 'amplitude', got {self.loss!r}")
         if self.slice_thickness_A is not None and not self.slice_thickness_A > 0:
             raise ValueError(f"slice_thickness_A must be > 0, got {self.slice_thickness_A!r}")
+        if self.oversampling is not None and not self.oversampling >= 1:
+            raise ValueError(f"oversampling must be >= 1, got {self.oversampling!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
         if self.first_stage_iterations is not None and not 0 <= self.first_stage_iterations < self.iterations:
@@ -314,7 +320,8 @@ def process_ptycho(
         n_modes=opts.n_modes, iterations=opts.iterations, first_stage_iterations=first,
         loss=opts.loss, batch_size=opts.batch_size, lr=opts.lr, probe_lr=opts.probe_lr,
         position_correction=opts.position_correction, state_model=opts.state_model,
-        lr_final_fraction=opts.lr_final_fraction, seed=opts.seed, threads=opts.threads,
+        lr_final_fraction=opts.lr_final_fraction, oversampling=opts.oversampling, seed=opts.seed,
+        threads=opts.threads,
         progress=on_iteration, **opts.extra,
     )
     timings["reconstruction"] = _time.perf_counter() - t0
@@ -475,7 +482,9 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
     table.add_column("value", justify="right")
     table.add_row("object (states, slices, y, x)", "×".join(map(str, s["object_shape"])))
     table.add_row("probe modes", str(r.probe.shape[0]))
-    table.add_row("pixel size", f"{s['pixel_size_A']:.4g} Å")
+    window, det = r.params.get("window"), r.params.get("detector_pixels")
+    table.add_row("pixel size", f"{s['pixel_size_A']:.4g} Å"
+                  + (f" ({window}-pixel model window, {det}-pixel detector)" if window and det else ""))
     table.add_row("slice thickness", f"{s['slice_thickness_A']:.4g} Å")
     table.add_row("loss first → last", f"{r.loss[0]:.4g} → {r.loss[-1]:.4g}")
     table.add_row("s per iteration", f"{s['seconds_per_iteration']:.3g}")

@@ -171,6 +171,7 @@ def lattice_products(
                "com_radius_A": radius, "pair_cutoff_A": cutoff,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
                "estimator": analysis.estimator,
+               "information_limit_per_A": _mixed_state(result).get("k_max_per_A"),
                "reference": "G of the truth configurations, projected columns",
                "neighbour_correlation_model": (None if g_model is None else
                                                "analytic G of the truth stream, projected columns")}
@@ -264,13 +265,25 @@ def _mixed_state(result: Any) -> dict[str, Any]:
 
     The states of a mixed-object fit are fixed only up to a unitary mix; G is read from
     the rotation-invariant coefficients (services/lattice/mixed_state.py), in cells of
-    ``analyse_states``' default radius (0.6 nearest-neighbour distances). Without complex
-    states (an old result), the per-state centres of mass are used.
+    ``analyse_states``' default radius (0.6 nearest-neighbour distances), from states
+    low-passed to the fit's information limit (:func:`_information_limit`). Without
+    complex states (an old result), the per-state centres of mass are used.
     """
     obj = getattr(result, "object", None)
     if obj is None or not np.iscomplexobj(obj):
         return {}
-    return {"objects": obj, "weights": getattr(result, "state_weights", None)}
+    return {"objects": obj, "weights": getattr(result, "state_weights", None),
+            "k_max_per_A": _information_limit(getattr(result, "params", None) or {})}
+
+
+def _information_limit(params: dict[str, Any]) -> float | None:
+    """The fit's object information limit, 1/Å, from its parameters (None if unrecorded)."""
+    from .ptycho.geometry import information_limit_per_A
+
+    keys = ("detector_pixels", "angular_sampling_mrad", "semiangle_mrad", "wavelength_A")
+    if any(params.get(k) is None for k in keys):
+        return None
+    return information_limit_per_A(*(params[k] for k in keys))
 
 
 def _position_error(atoms_A: np.ndarray, sites_A: np.ndarray) -> dict[str, float | None]:
@@ -323,6 +336,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
                "vibration_threshold_A": threshold, "vibration_found": found,
                "estimator": analysis.estimator,
+               "information_limit_per_A": _mixed_state(result).get("k_max_per_A"),
                "reference": "coherent run: one truth configuration, no displacements"}
     g_zero = np.zeros_like(analysis.greens_tensor_A2)
     figures = {

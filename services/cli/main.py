@@ -553,6 +553,13 @@ def process_ptycho_command(
         PtychoStateModel,
         typer.Option(help="Object states of stage 2: free pixels, or one base object warped per state."),
     ] = PtychoStateModel.pixels,
+    oversampling: Annotated[
+        float | None,
+        typer.Option(help="Model window / detector width; the far field beyond the detector is computed "
+                          "and dropped (default: detector + 2·semi-angle, so nothing scattered past the "
+                          "detector's edge wraps onto it; 1: the detector grid).",
+                     show_default=False, min=1.0),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the state perturbations and minibatch order.")] = 0,
     threads: Annotated[
         int | None, typer.Option(help="torch threads (default: torch's).", show_default=False, min=1)
@@ -582,7 +589,7 @@ def process_ptycho_command(
             slice_thickness_A=slice_thickness, iterations=iterations, first_stage_iterations=first_stage,
             loss=loss.value, batch_size=batch_size, lr=lr, probe_lr=probe_lr,
             position_correction=position_correction, state_model=state_model.value,
-            lr_final_fraction=lr_final_fraction, seed=seed,
+            lr_final_fraction=lr_final_fraction, oversampling=oversampling, seed=seed,
             threads=threads,
         )
 

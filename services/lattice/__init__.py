@@ -51,6 +51,7 @@ from .dynamics import (
     supercell_q,
 )
 from .mixed_state import (
+    band_limit,
     coherent_object,
     column_displacements,
     equivalent_configurations,
@@ -79,6 +80,7 @@ __all__ = [
     "assign_cells",
     "atom_table",
     "bond_correlation",
+    "band_limit",
     "coherent_object",
     "column_displacements",
     "column_groups",

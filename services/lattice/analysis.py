@@ -137,6 +137,7 @@ def analyse_states(
     objects: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     cell_radius_A: float | None = None,
+    k_max_per_A: float | None = None,
 ) -> LatticeAnalysis:
     """Atoms, displacements, G, Debye–Waller, LSM/CSM and phonon frequencies of states.
 
@@ -170,6 +171,8 @@ def analyse_states(
     weights : array_like, shape (n_states,), optional — state weights (equal if None).
     cell_radius_A : float, optional — the mixed-state fit's cell radius, Å (default
         0.6 × the sites' nearest-neighbour distance).
+    k_max_per_A : float, optional — the objects' information limit, 1/Å: the mixed-state
+        estimator low-passes the states to it (:func:`.mixed_state.band_limit`).
 
     Returns
     -------
@@ -206,7 +209,7 @@ def analyse_states(
             d = np.linalg.norm(sites[:, None] - sites[None], axis=-1)
             cell_radius_A = 0.6 * float(np.min(d[d > 0])) if len(sites) > 1 else 2 * radius_A
         v = column_displacements(states, pixel_size_A, origin_A, sites + shift, radius_A=cell_radius_A,
-                                 weights=weights)
+                                 weights=weights, k_max_per_A=k_max_per_A)
         g = greens_from_displacements(v, weights)
         u = equivalent_configurations(v, weights)
         estimator = "mixed-state"

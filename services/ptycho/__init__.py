@@ -6,7 +6,13 @@ Pure compute. ``probe``, ``geometry`` and ``result`` need numpy only; ``model`` 
     from speckleflow.services.ptycho.fit import reconstruct
 """
 
-from .geometry import ObjectGrid, fresnel_propagator, object_grid
+from .geometry import (
+    ObjectGrid,
+    fresnel_propagator,
+    information_limit_per_A,
+    model_window,
+    object_grid,
+)
 from .probe import (
     aperture_probe,
     electron_wavelength_A,
@@ -24,7 +30,9 @@ __all__ = [
     "aperture_probe",
     "electron_wavelength_A",
     "fresnel_propagator",
+    "information_limit_per_A",
     "interaction_constant",
+    "model_window",
     "object_grid",
     "orthogonalize_modes",
     "probe_modes",

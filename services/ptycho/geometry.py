@@ -1,8 +1,10 @@
 """Where the object grid sits: scan positions (Å) → object pixels, and the Fresnel propagator.
 
-The object grid takes the detector's sampling (no resampling): one pixel is
-``λ / (Q·Δα)`` (:func:`~speckleflow.services.ptycho.probe.real_space_pixel_A`), the probe
-window is the ``Q × Q`` detector grid, and the object is just large enough to hold every
+The model window is ``Q' ≥ D`` pixels for a ``D × D`` detector of pixel ``Δα``
+(:func:`model_window`); one object pixel is ``λ / (Q'·Δα)``
+(:func:`~speckleflow.services.ptycho.probe.real_space_pixel_A`), so the window's far field
+has the detector's angular pixel and spans ``Q'/D`` times its field. Below, the probe
+window is ``Q × Q`` with ``Q = Q'``; the object is just large enough to hold every
 probe window of the scan plus ``margin_px`` on each side. A scan position ``r`` (Å, (y, x))
 puts the probe centre (window pixel ``(Q//2, Q//2)``) at object pixel
 ``c = (r − origin_A) / pixel``: the window's top-left corner is ``floor(c) − Q//2`` and the
@@ -94,6 +96,88 @@ def object_grid(positions_A: np.ndarray, pixel_A: float, window: int, *, margin_
     extent = (pos.max(axis=0) - pos.min(axis=0)) / pixel_A
     shape = tuple(int(np.ceil(e)) + window + 2 * margin_px + 1 for e in extent)
     return ObjectGrid(origin_A=origin, shape=(shape[0], shape[1]), pixel_A=float(pixel_A), window=int(window))
+
+
+def model_window(detector: int, semiangle_mrad: float, angular_sampling_mrad: float,
+                 oversampling: float | None = None) -> int:
+    """The model window Q' (pixels) of a ``detector``-wide camera.
+
+    The exit wave's spectrum is the probe's aperture (radius α) convolved with the object's
+    spectrum. In a window of Q' pixels the far field spans Q'·Δα and an FFT wraps what
+    leaves it back in from the other side. Everything that lands on the D-pixel detector
+    after wrapping is scattering the camera never saw unless ``Q' ≥ D + 2α/Δα``; the
+    object's band limit, ``Q'Δα/2``, then also covers every object frequency that scatters
+    the probe onto the detector (up to ``DΔα/2 + α``). The default is the smallest such even
+    Q'.
+
+    Parameters
+    ----------
+    detector : int
+        Detector width D, pixels.
+    semiangle_mrad : float
+        Convergence semi-angle α, mrad.
+    angular_sampling_mrad : float
+        Detector pixel Δα, mrad.
+    oversampling : float or None
+        ``Q' = round(oversampling · D)`` instead (≥ 1; 1: the detector grid itself, where
+        scattering beyond the detector's edge wraps onto it).
+
+    Returns
+    -------
+    int
+        Q' ≥ D.
+
+    Raises
+    ------
+    ValueError
+        For a detector below 2 pixels, non-positive angles or ``oversampling`` < 1.
+    """
+    d = int(detector)
+    if d < 2:
+        raise ValueError(f"detector must be >= 2 pixels, got {detector!r}")
+    if not (float(semiangle_mrad) > 0 and float(angular_sampling_mrad) > 0):
+        raise ValueError(f"angles must be > 0: semiangle {semiangle_mrad!r} mrad, "
+                         f"sampling {angular_sampling_mrad!r} mrad")
+    if oversampling is None:
+        q = d + 2 * int(np.ceil(float(semiangle_mrad) / float(angular_sampling_mrad) - 1e-9))
+        return q + q % 2
+    if not (np.isfinite(oversampling) and oversampling >= 1):
+        raise ValueError(f"oversampling must be >= 1, got {oversampling!r}")
+    return max(int(round(float(oversampling) * d)), d)
+
+
+def information_limit_per_A(detector: int, angular_sampling_mrad: float, semiangle_mrad: float,
+                            wavelength_A: float) -> float:
+    """Highest object spatial frequency the patterns constrain, 1/Å.
+
+    An object frequency k scatters the probe (aperture radius α) onto detector pixels only
+    if ``λ|k| ≤ θ_det + α``, with ``θ_det = DΔα/2`` the detector's half-field (its edge
+    along the axes; the circle is the conservative choice for a square detector). Finer
+    object grids (:func:`model_window`) hold frequencies beyond this that no pattern sees.
+
+    Parameters
+    ----------
+    detector : int — detector width D, pixels.
+    angular_sampling_mrad : float — detector pixel Δα, mrad.
+    semiangle_mrad : float — probe semi-angle α, mrad.
+    wavelength_A : float — electron wavelength λ, Å.
+
+    Returns
+    -------
+    float
+        ``(DΔα/2 + α) / λ`` in 1/Å (3.0 for 64 × 1.5625 mrad, 25 mrad, 200 kV).
+
+    Raises
+    ------
+    ValueError
+        For non-positive arguments.
+    """
+    values = {"detector": detector, "angular_sampling_mrad": angular_sampling_mrad,
+              "semiangle_mrad": semiangle_mrad, "wavelength_A": wavelength_A}
+    for name, value in values.items():
+        if not (np.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return (int(detector) * float(angular_sampling_mrad) / 2 + float(semiangle_mrad)) * 1e-3 / float(wavelength_A)
 
 
 def fresnel_propagator(window: int, pixel_A: float, wavelength_A: float, dz_A: float) -> np.ndarray:

@@ -6,8 +6,10 @@ For scan position ``j`` with probe window top-left ``t_j`` and sub-pixel shift `
 * multislice through object state ``n``:
   ``ψ ← ψ · O_{n,s}[t_j + window]``, then ``ψ ← F⁻¹[F[ψ] · p(k)]`` between slices, with the
   Fresnel propagator ``p`` over the slice thickness (Kirkland (2020) §6.4, eq. 6.65);
-* far field ``|F[ψ]|²`` (unitary FFT, zero frequency at pixel ``(Q//2, Q//2)``) summed
-  incoherently over probe modes and over object states with weights ``w_n`` (Σ w = 1):
+* far field ``|F[ψ]|²`` (unitary FFT, zero frequency at pixel ``(Q//2, Q//2)``), of which
+  only the central ``D × D`` pixels the detector covers are kept when the model window is
+  oversampled (``Q > D``: the scattering beyond the detector's edge is lost, as in the
+  measurement, instead of wrapping back onto it), summed incoherently over probe modes and over object states with weights ``w_n`` (Σ w = 1):
   ``I_j = Σ_n w_n Σ_m |F[ψ_{n,m}^j]|²`` (mixed states: Thibault & Menzel, Nature 494, 68
   (2013); mixed object for thermal diffuse scattering: Gladyshev et al. (2025)).
 
@@ -42,6 +44,7 @@ def far_field_intensity(
     fraction: torch.Tensor,
     propagator: torch.Tensor | None,
     weights: torch.Tensor,
+    detector: int | None = None,
 ) -> torch.Tensor:
     """Diffraction intensities of a batch of scan positions.
 
@@ -58,12 +61,20 @@ def far_field_intensity(
         Fresnel propagator between slices (None: S must be 1).
     weights : Tensor, shape (N,), float32
         State weights, Σ = 1.
+    detector : int or None
+        Detector width D ≤ Q, pixels: keep the central D × D pixels of the far field
+        (None: all Q × Q).
 
     Returns
     -------
-    Tensor, shape (B, Q, Q), float32
-        Intensities, zero frequency at (Q//2, Q//2); ``Σ_pixels I = Σ_m Σ|P_m|²`` for a
-        unit-modulus object (Parseval).
+    Tensor, shape (B, D, D), float32
+        Intensities, zero frequency at (D//2, D//2); for D = Q, ``Σ_pixels I = Σ_m Σ|P_m|²``
+        for a unit-modulus object (Parseval).
+
+    Raises
+    ------
+    ValueError
+        For a multislice object without a propagator, or D outside [1, Q].
     """
     window = probe.shape[-1]
     shifted = torch.fft.ifft2(torch.fft.fft2(probe)[None] * shift_ramps(fraction, window)[:, None])
@@ -78,7 +89,13 @@ def far_field_intensity(
     far = torch.fft.fft2(psi, norm="ortho")
     intensity = (far.real**2 + far.imag**2).sum(dim=2)  # (B, N, Q, Q)
     intensity = (intensity * weights[None, :, None, None]).sum(dim=1)
-    return torch.fft.fftshift(intensity, dim=(-2, -1))
+    intensity = torch.fft.fftshift(intensity, dim=(-2, -1))
+    if detector is None or detector == window:
+        return intensity
+    if not 1 <= detector <= window:
+        raise ValueError(f"detector must be in [1, {window}] pixels, got {detector!r}")
+    c = window // 2 - detector // 2
+    return intensity[:, c : c + detector, c : c + detector]
 
 
 def simulate(
@@ -89,6 +106,7 @@ def simulate(
     *,
     propagator: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    detector: int | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """Diffraction patterns of a whole scan (numpy in, numpy out; no gradients).
@@ -105,10 +123,12 @@ def simulate(
         Fresnel propagator between slices.
     weights : ndarray, shape (N,), or None
         State weights (default equal); normalised to Σ = 1.
+    detector : int or None
+        Keep the central D × D far-field pixels (see :func:`far_field_intensity`).
 
     Returns
     -------
-    ndarray, shape (P, Q, Q), float32
+    ndarray, shape (P, D, D), float32
         Intensities.
 
     Raises
@@ -135,5 +155,5 @@ def simulate(
     with torch.no_grad():
         for i in range(0, tl.shape[0], batch_size):
             patches = gather_patches(t_obj, tl[i : i + batch_size], probe.shape[-1])
-            out.append(far_field_intensity(patches, t_probe, fr[i : i + batch_size], t_prop, t_w).numpy())
+            out.append(far_field_intensity(patches, t_probe, fr[i : i + batch_size], t_prop, t_w, detector).numpy())
     return np.concatenate(out).astype(np.float32)

@@ -96,7 +96,8 @@ def test_process_ptycho_publishes_object_probe_and_loss(tiled_client, ptycho_run
     assert values.shape[:2] == (2, 2) and values.dtype == np.float32
     assert node["object_amplitude"].read().shape == values.shape
     probe = node["probe_modes"]
-    assert probe.shape == (2, 2, Q, Q) and probe.metadata["part"] == ["real", "imag"]
+    window = Q + 2 * int(ALPHA / DALPHA)  # the default model window: detector + 2α/Δα
+    assert probe.shape == (2, 2, window, window) and probe.metadata["part"] == ["real", "imag"]
     loss = node["loss"].read()
     assert loss.shape == (6,) and loss[-1] < loss[0]
     np.testing.assert_allclose(node["positions"].read(), out.result.positions_A)

@@ -16,6 +16,7 @@ from speckleflow.services.ptycho import (
     aperture_probe,
     electron_wavelength_A,
     fresnel_propagator,
+    model_window,
     object_grid,
     real_space_pixel_A,
 )
@@ -63,6 +64,11 @@ def _data(rng, positions, grid, phases, n_sub_slices=4, weights=None) -> PtychoD
                       defocus_A=DEFOCUS)
 
 
+# The data above are made on the detector grid (window Q, as ``simulate`` without a
+# ``detector``), so the fits below use that model too: ``oversampling=1``.
+EXACT = {"oversampling": 1.0}
+
+
 def _corr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     a, b = a[mask] - a[mask].mean(), b[mask] - b[mask].mean()
     return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
@@ -84,7 +90,7 @@ def test_reconstruct_recovers_a_phase_object_with_correlation_above_0_9() -> Non
     seen: list[tuple[int, float]] = []
     t0 = time.perf_counter()
     result = reconstruct(data, n_slices=1, iterations=20, batch_size=16, lr=0.03, seed=1,
-                         threads=1, progress=lambda i, v: seen.append((i, v)))
+                         threads=1, progress=lambda i, v: seen.append((i, v)), **EXACT)
     elapsed = time.perf_counter() - t0
     phase = _aligned_phase(result, grid)[0, 0]
     mask = grid.scanned_mask(positions, inset_px=1)
@@ -97,7 +103,7 @@ def test_reconstruct_recovers_a_phase_object_with_correlation_above_0_9() -> Non
     assert result.probe.shape == (1, Q, Q) and result.loss.shape == (20,)
     assert result.params["loss"] == "poisson" and result.params["torch_version"]
     # determinism: the same seed gives the same first passes
-    again = reconstruct(data, n_slices=1, iterations=2, batch_size=16, lr=0.03, seed=1, threads=1)
+    again = reconstruct(data, n_slices=1, iterations=2, batch_size=16, lr=0.03, seed=1, threads=1, **EXACT)
     np.testing.assert_allclose(again.loss, result.loss[:2], rtol=1e-5)
 
 
@@ -135,7 +141,7 @@ def test_two_state_data_are_fitted_better_by_two_states_than_by_one() -> None:
     positions, grid, truths = _scene(rng, n_objects=2, displacement_A=0.3, peak_rad=0.5)
     data = _data(rng, positions, grid, truths, n_sub_slices=1)  # 50/50 incoherent mixture
     kw = {"n_slices": 1, "iterations": 60, "batch_size": 16, "lr": 0.05, "seed": 2, "threads": 1,
-          "fixed_amplitude": True}
+          "fixed_amplitude": True, **EXACT}
     one = reconstruct(data, n_states=1, **kw)
     two = reconstruct(data, n_states=2, first_stage_iterations=20, state_perturbation_rad=0.1, **kw)
     mask = grid.scanned_mask(positions, inset_px=1)
@@ -162,7 +168,7 @@ def test_position_correction_with_the_amplitude_loss_moves_positions_towards_the
     error = rng.normal(0, 0.25, positions.shape)  # Å
     data.positions_A = positions + error
     kw = {"n_slices": 1, "iterations": 40, "batch_size": 16, "lr": 0.03, "seed": 0, "threads": 1,
-          "loss": "amplitude"}
+          "loss": "amplitude", **EXACT}
     fixed = reconstruct(data, **kw)
     moved = reconstruct(data, position_correction=True, position_lr=0.02, **kw)
 
@@ -188,3 +194,23 @@ def test_step_decay_and_state_model_out_of_range_are_named() -> None:
         reconstruct(data, iterations=2, lr_final_fraction=0.0)
     with pytest.raises(ValueError, match="state_model"):
         reconstruct(data, iterations=2, n_states=2, state_model="atoms")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="oversampling"):
+        reconstruct(data, iterations=2, oversampling=0.5)
+
+
+def test_default_model_window_keeps_wrapped_scattering_off_the_detector() -> None:
+    """By default the model window is Q + 2α/Δα (32 + 20 pixels here) at the finer pixel
+    λ/(Q'Δα); the object grid, probe and positions follow it, the loss counts the detector."""
+    from speckleflow.services.ptycho.fit import reconstruct
+
+    rng = np.random.default_rng(1)
+    positions, grid, (truth,) = _scene(rng)
+    data = _data(rng, positions[:6], grid, [truth])
+    result = reconstruct(data, iterations=1, threads=1)
+    assert model_window(Q, ALPHA, DALPHA) == 52
+    assert result.probe.shape == (1, 52, 52)
+    assert result.pixel_size_A == pytest.approx(real_space_pixel_A(E, 52, DALPHA))
+    assert result.params["window"] == 52 and result.params["detector_pixels"] == Q
+    assert result.params["oversampling"] == pytest.approx(52 / 32)
+    exact = reconstruct(data, iterations=1, threads=1, **EXACT)
+    assert exact.probe.shape == (1, Q, Q) and exact.pixel_size_A == pytest.approx(grid.pixel_A)

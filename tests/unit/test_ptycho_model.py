@@ -174,3 +174,74 @@ def test_multislice_matches_abtem_and_the_probe_is_abtems() -> None:
     wrong_sign = aperture_probe((q, q), E, ALPHA, DALPHA, defocus_A=-defocus)
     overlap_wrong = abs(np.vdot(psi_abtem, wrong_sign)) / (np.linalg.norm(psi_abtem) * np.linalg.norm(psi))
     assert overlap > 0.98 and overlap_wrong < 0.8
+
+
+def _grating_patterns(oversampling: int, k_g: float, a: float) -> np.ndarray:
+    """The detector patterns (2, Q, Q) of two probe positions on the one-sided grating
+    ``1 + i a exp(2πi k_g x)`` through ``simulate`` with a ``oversampling·Q`` window."""
+    from speckleflow.services.ptycho.model import simulate
+
+    window = oversampling * Q
+    pixel = real_space_pixel_A(E, window, DALPHA)
+    positions = np.array([[0.0, 0.0], [0.13, -0.21]])
+    grid = object_grid(positions, pixel, window, margin_px=1)
+    x = grid.origin_A[1] + pixel * np.arange(grid.shape[1])
+    obj = np.broadcast_to(1 + 1j * a * np.exp(2j * np.pi * k_g * x), grid.shape).astype(np.complex64)
+    psi = aperture_probe((window, window), E, ALPHA, DALPHA, total_intensity=1.0)
+    top_left, frac = grid.split(positions)
+    return simulate(obj[None, None], psi[None], top_left, frac, detector=Q)
+
+
+def test_oversampled_far_field_keeps_what_leaves_the_detector_off_it() -> None:
+    """A diffraction order partly beyond the detector's edge: the part beyond is lost (as
+    on a real detector) with an oversampled window, and wraps onto the opposite side at
+    s = 1. Reference: the same grating (one order, so the far side stays dark) through a
+    4× window, where nothing wraps onto the detector, without ``simulate``'s cropping."""
+    edge = Q * DALPHA / 2  # 32 mrad
+    theta_g = 26.0  # mrad; the first order spans 6…46 mrad, the detector ±32
+    k_g = theta_g * 1e-3 / electron_wavelength_A(E)
+    a = 0.3
+    pixel4 = real_space_pixel_A(E, 4 * Q, DALPHA)
+    psi4 = aperture_probe((4 * Q, 4 * Q), E, ALPHA, DALPHA, total_intensity=1.0).astype(np.complex128)
+    refs, lost = [], 0.0
+    for shift_A in ((0.0, 0.0), (0.13, -0.21)):
+        x = (np.arange(4 * Q) - 2 * Q) * pixel4 + shift_A[1]
+        obj = 1 + 1j * a * np.exp(2j * np.pi * k_g * x)[None, :]
+        # probe centred at the shift: multiply the object seen from the probe's frame
+        far = np.abs(np.fft.fftshift(np.fft.fft2(psi4 * obj, norm="ortho"))) ** 2
+        c = 2 * Q - Q // 2
+        refs.append(far[c : c + Q, c : c + Q])
+        lost += 0.5 * (1 - refs[-1].sum() / far.sum())
+    ref = np.array(refs)
+    assert 0.01 < lost < 0.1  # the reference really loses part of the order
+
+    over = _grating_patterns(2, k_g, a)
+    np.testing.assert_allclose(over, ref, rtol=0, atol=1e-4 * ref.max())
+    plain = _grating_patterns(1, k_g, a)
+    theta = (np.arange(Q) - Q // 2) * DALPHA
+    wrapped = (theta[None, :] < -(2 * edge - theta_g - ALPHA)) & (np.abs(theta[None, :]) > ALPHA)
+    wrapped = np.broadcast_to(wrapped, (Q, Q))
+    # at s = 1 the cut-off part lands on the far side of the detector; the truth has nothing there
+    assert plain[:, wrapped].sum() > 0.5 * lost * plain.sum()
+    assert ref[:, wrapped].sum() < 1e-6 * ref.sum()
+    with pytest.raises(ValueError, match="detector"):
+        from speckleflow.services.ptycho.model import simulate
+
+        simulate(np.ones((1, 1, 80, 80), np.complex64), psi4[None, :Q, :Q], np.zeros((1, 2), np.int64),
+                 np.zeros((1, 2)), detector=Q + 1)
+
+
+def test_model_window_covers_the_detector_plus_the_aperture() -> None:
+    from speckleflow.services.ptycho import model_window
+
+    # 64 pixels of 1.5625 mrad, α = 25 mrad: 16 pixels of aperture on each side → 96
+    assert model_window(64, 25.0, 1.5625) == 96
+    assert model_window(64, 24.0, 1.5625) == 96  # ceil(15.36) = 16
+    assert model_window(33, 2.0, 1.0) == 38  # 33 + 4, rounded up to even
+    assert model_window(64, 25.0, 1.5625, oversampling=1.0) == 64
+    assert model_window(64, 25.0, 1.5625, oversampling=2.0) == 128
+    for bad in ({"oversampling": 0.9}, {"oversampling": float("nan")}):
+        with pytest.raises(ValueError, match="oversampling"):
+            model_window(64, 25.0, 1.5625, **bad)
+    with pytest.raises(ValueError, match="semiangle"):
+        model_window(64, 0.0, 1.5625)
