@@ -162,7 +162,7 @@ def lattice_products(
     idx = np.stack([2 * inside, 2 * inside + 1], axis=1).ravel()
     g_truth = ref.greens_sample_A2[np.ix_(idx, idx)]
     g_model = None if ref.greens_analytic_A2 is None else ref.greens_analytic_A2[np.ix_(idx, idx)]
-    analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
+    analysis = analyse_states(_analysis_phase(result), result.pixel_size_A, result.object_origin_A, sites,
                               radius_A=radius, cutoff_A=cutoff, reference_greens_A2=g_truth,
                               model_greens_A2=g_model, **_mixed_state(result))
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
@@ -276,6 +276,20 @@ def _mixed_state(result: Any) -> dict[str, Any]:
             "k_max_per_A": _information_limit(getattr(result, "params", None) or {})}
 
 
+def _analysis_phase(result: Any) -> np.ndarray:
+    """Object phase (n_states, n_slices, H, W) for the atom table: the states low-passed to
+    the fit's information limit when it is recorded (a model window wider than the
+    detector holds unconstrained frequencies that make per-state peak finding miss
+    columns), else the published phase."""
+    from .lattice.mixed_state import band_limit
+
+    obj = getattr(result, "object", None)
+    k_max = _information_limit(getattr(result, "params", None) or {})
+    if obj is None or not np.iscomplexobj(obj) or k_max is None:
+        return np.asarray(result.object_phase)
+    return np.angle(band_limit(obj, result.pixel_size_A, k_max)).astype(np.float32)
+
+
 def _information_limit(params: dict[str, Any]) -> float | None:
     """The fit's object information limit, 1/Å, from its parameters (None if unrecorded)."""
     from .ptycho.geometry import information_limit_per_A
@@ -323,7 +337,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
     from .lattice.analysis import analyse_states
     from .lattice.figures import correlation_figure, greens_figure
 
-    analysis = analyse_states(result.object_phase, result.pixel_size_A, result.object_origin_A, sites,
+    analysis = analyse_states(_analysis_phase(result), result.pixel_size_A, result.object_origin_A, sites,
                               radius_A=radius, cutoff_A=cutoff, **_mixed_state(result))
     scalars = {k: (v if np.isfinite(v) else None) for k, v in analysis.summary().items()}
     err = _position_error(analysis.atoms.positions_A, sites)
@@ -355,7 +369,7 @@ def _static_products(result: Any, sites: np.ndarray, nn: float, radius: float,
     The atoms are located as in the vibrating case (registration, peaks, centre of mass);
     G, Debye-Waller, LSM and CSM need two configurations and two states and are NaN/None.
     """
-    phase = np.asarray(result.object_phase)
+    phase = _analysis_phase(result)
     mean_proj = phase.sum(axis=1, dtype=np.float64).mean(axis=0)
     shift = register_sites(mean_proj, result.pixel_size_A, result.object_origin_A, sites)
     table = atom_table(phase, result.pixel_size_A, result.object_origin_A, sites + shift, radius_A=radius)
