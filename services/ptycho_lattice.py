@@ -171,7 +171,7 @@ def lattice_products(
                "com_radius_A": radius, "pair_cutoff_A": cutoff,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
                "estimator": analysis.estimator,
-               "information_limit_per_A": _mixed_state(result).get("k_max_per_A"),
+               "information_limit_per_A": _information_limit(result),
                "reference": "G of the truth configurations, projected columns",
                "neighbour_correlation_model": (None if g_model is None else
                                                "analytic G of the truth stream, projected columns")}
@@ -273,7 +273,7 @@ def _mixed_state(result: Any) -> dict[str, Any]:
     if obj is None or not np.iscomplexobj(obj):
         return {}
     return {"objects": obj, "weights": getattr(result, "state_weights", None),
-            "k_max_per_A": _information_limit(getattr(result, "params", None) or {})}
+            "k_max_per_A": _information_limit(result)}
 
 
 def _analysis_phase(result: Any) -> np.ndarray:
@@ -284,16 +284,17 @@ def _analysis_phase(result: Any) -> np.ndarray:
     from .lattice.mixed_state import band_limit
 
     obj = getattr(result, "object", None)
-    k_max = _information_limit(getattr(result, "params", None) or {})
+    k_max = _information_limit(result)
     if obj is None or not np.iscomplexobj(obj) or k_max is None:
         return np.asarray(result.object_phase)
     return np.angle(band_limit(obj, result.pixel_size_A, k_max)).astype(np.float32)
 
 
-def _information_limit(params: dict[str, Any]) -> float | None:
+def _information_limit(result: Any) -> float | None:
     """The fit's object information limit, 1/Å, from its parameters (None if unrecorded)."""
     from .ptycho.geometry import information_limit_per_A
 
+    params = getattr(result, "params", None) or {}
     keys = ("detector_pixels", "angular_sampling_mrad", "semiangle_mrad", "wavelength_A")
     if any(params.get(k) is None for k in keys):
         return None
@@ -350,7 +351,7 @@ def _coherent_products(result: Any, sites: np.ndarray, nn: float, radius: float,
                "registration_shift_A": [float(v) for v in analysis.shift_A],
                "vibration_threshold_A": threshold, "vibration_found": found,
                "estimator": analysis.estimator,
-               "information_limit_per_A": _mixed_state(result).get("k_max_per_A"),
+               "information_limit_per_A": _information_limit(result),
                "reference": "coherent run: one truth configuration, no displacements"}
     g_zero = np.zeros_like(analysis.greens_tensor_A2)
     figures = {

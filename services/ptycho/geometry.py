@@ -98,6 +98,13 @@ def object_grid(positions_A: np.ndarray, pixel_A: float, window: int, *, margin_
     return ObjectGrid(origin_A=origin, shape=(shape[0], shape[1]), pixel_A=float(pixel_A), window=int(window))
 
 
+def _check_positive(**values: float) -> None:
+    """Raise ValueError naming the first argument that is not a positive finite number."""
+    for name, value in values.items():
+        if not (np.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
 def model_window(detector: int, semiangle_mrad: float, angular_sampling_mrad: float,
                  oversampling: float | None = None) -> int:
     """The model window Q' (pixels) of a ``detector``-wide camera.
@@ -135,9 +142,7 @@ def model_window(detector: int, semiangle_mrad: float, angular_sampling_mrad: fl
     d = int(detector)
     if d < 2:
         raise ValueError(f"detector must be >= 2 pixels, got {detector!r}")
-    if not (float(semiangle_mrad) > 0 and float(angular_sampling_mrad) > 0):
-        raise ValueError(f"angles must be > 0: semiangle {semiangle_mrad!r} mrad, "
-                         f"sampling {angular_sampling_mrad!r} mrad")
+    _check_positive(semiangle_mrad=semiangle_mrad, angular_sampling_mrad=angular_sampling_mrad)
     if oversampling is None:
         q = d + 2 * int(np.ceil(float(semiangle_mrad) / float(angular_sampling_mrad) - 1e-9))
         return q + q % 2
@@ -172,11 +177,8 @@ def information_limit_per_A(detector: int, angular_sampling_mrad: float, semiang
     ValueError
         For non-positive arguments.
     """
-    values = {"detector": detector, "angular_sampling_mrad": angular_sampling_mrad,
-              "semiangle_mrad": semiangle_mrad, "wavelength_A": wavelength_A}
-    for name, value in values.items():
-        if not (np.isfinite(float(value)) and float(value) > 0):
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    _check_positive(detector=detector, angular_sampling_mrad=angular_sampling_mrad,
+                    semiangle_mrad=semiangle_mrad, wavelength_A=wavelength_A)
     return (int(detector) * float(angular_sampling_mrad) / 2 + float(semiangle_mrad)) * 1e-3 / float(wavelength_A)
 
 
