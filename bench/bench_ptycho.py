@@ -4,8 +4,11 @@ One iteration is one pass of Adam minibatches (32 positions) over the whole scan
 16×16 scan of 64×64 patterns, 4 slices, 10 object states with 1 and 5 probe modes,
 with one and two torch threads (``torch.set_num_threads`` through ``reconstruct(threads=)``),
 in the default model window (detector + 2α/Δα pixels: 104 for 64 here,
-:func:`~speckleflow.services.ptycho.geometry.model_window`); one more row fits on the
-detector grid itself (``oversampling=1``) to show what the wider window costs.
+:func:`~speckleflow.services.ptycho.geometry.model_window`) with each detector pixel
+integrated by 2 × 2 tilts (``pixel_quadrature=2``,
+:func:`~speckleflow.services.ptycho.model.pixel_tilts`). Two more rows show what those
+cost: one fits on the detector grid itself (``oversampling=1``), one samples the pixel
+centres (``pixel_quadrature=1``).
 Baseline: the same fit with 1 state, 1 mode and 1 thread in the same run; the
 2-thread speedup column compares each case with its own 1-thread row. Peak memory: the maximum resident set size of a fresh
 process per case (torch allocates outside Python, so tracemalloc would not see it).
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def run_case(scan: int, window: int, slices: int, states: int, modes: int, threads: int,
-             iterations: int, oversampling: float | None = None) -> dict[str, float]:
+             iterations: int, oversampling: float | None = None, pixel_quadrature: int = 2) -> dict[str, float]:
     """One case in this process: simulate, fit, return timings and peak RSS."""
     import resource
 
@@ -60,7 +63,8 @@ def run_case(scan: int, window: int, slices: int, states: int, modes: int, threa
     data = PtychoData(patterns.astype(np.float32), positions, energy, alpha, dalpha, defocus_A=defocus)
     result = reconstruct(data, n_slices=slices, slice_thickness_A=dz, n_states=states, n_modes=modes,
                          iterations=iterations, first_stage_iterations=0 if states > 1 else None,
-                         batch_size=32, threads=threads, seed=0, oversampling=oversampling)
+                         batch_size=32, threads=threads, seed=0, oversampling=oversampling,
+                         pixel_quadrature=pixel_quadrature)
     return {"s_per_iteration": result.params["seconds_per_iteration"], "model_window": result.params["window"],
             "peak_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
 
@@ -84,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         scan, window, slices, states, modes = 16, 64, 4, 10, (1, 5)
         iterations = args.iterations
     cases = [(1, 1)] + [(states, m) for m in modes]
-    runs = [(n, m, threads, None) for threads in (1, 2) for n, m in cases] + [(states, 1, 1, 1.0)]
-    results: dict[tuple[int, int, int, float | None], dict[str, float]] = {}
+    runs = ([(n, m, threads, None, 2) for threads in (1, 2) for n, m in cases]
+            + [(states, 1, 1, 1.0, 2), (states, 1, 1, None, 1)])
+    results: dict[tuple[int, int, int, float | None, int], dict[str, float]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     for key in runs:
-        n, m, threads, oversampling = key
+        n, m, threads, oversampling, quadrature = key
         case = {"scan": scan, "window": window, "slices": slices, "states": n, "modes": m,
-                "threads": threads, "iterations": iterations, "oversampling": oversampling}
+                "threads": threads, "iterations": iterations, "oversampling": oversampling,
+                "pixel_quadrature": quadrature}
         if args.quick:  # in this process: fast, but the peak RSS is the running maximum
             results[key] = run_case(**case)
             continue
@@ -101,19 +107,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results[key] = json.loads(out.stdout.strip().splitlines()[-1])
     rows = []
-    base = results[(1, 1, 1, None)]["s_per_iteration"]  # the baseline: 1 state, 1 mode, 1 thread
+    base = results[(1, 1, 1, None, 2)]["s_per_iteration"]  # the baseline: 1 state, 1 mode, 1 thread
     for key in runs:
-        n, m, threads, oversampling = key
+        n, m, threads, oversampling, quadrature = key
         r = results[key]
-        one_thread = results[(n, m, 1, oversampling)]["s_per_iteration"]
-        rows.append([f"{n}", f"{m}", f"{threads}", f"{r['model_window']:.0f}", f"{r['s_per_iteration']:.3f}",
+        one_thread = results[(n, m, 1, oversampling, quadrature)]["s_per_iteration"]
+        rows.append([f"{n}", f"{m}", f"{threads}", f"{r['model_window']:.0f}", f"{quadrature**2}",
+                     f"{r['s_per_iteration']:.3f}",
                      f"{r['s_per_iteration'] / base:.1f}", f"{one_thread / r['s_per_iteration']:.2f}",
                      f"{scan * scan / r['s_per_iteration']:.0f}", f"{r['peak_rss_GB']:.2f}"])
     title = (f"ptychography: {scan}×{scan} scan, {window}×{window} patterns, {slices} slices, "
              f"{iterations} iteration(s) per case, Adam minibatch 32")
-    print_table(["states", "modes", "threads", "model window", "s/iteration", "vs 1×1×1 thread",
+    print_table(["states", "modes", "threads", "model window", "tilts/pixel", "s/iteration", "vs 1×1×1 thread",
                  "2-thread speedup", "positions/s", "peak RSS GB"], rows, title, plain=args.plain,
-                right=range(9))
+                right=range(10))
     return 0
 
 

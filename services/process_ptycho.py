@@ -90,6 +90,9 @@ class PtychoProcessOptions:
     oversampling : float or None
         Model window over detector width (None: the smallest window that keeps scattering
         beyond the detector's edge off it, :func:`~speckleflow.services.ptycho.geometry.model_window`).
+    pixel_quadrature : int
+        Gauss–Legendre points per axis integrating each detector pixel (1: pixel centres;
+        :func:`~speckleflow.services.ptycho.model.pixel_tilts`).
     state_model : str
         "pixels" (free states, the paper's) or "displacement" (one base object warped by a
         smooth field per state, :mod:`~speckleflow.services.ptycho.states`).
@@ -114,6 +117,7 @@ class PtychoProcessOptions:
     position_correction: bool = False
     lr_final_fraction: float = 0.1
     oversampling: float | None = None
+    pixel_quadrature: int = 2
     state_model: str = "pixels"
     seed: int = 0
     threads: int | None = None
@@ -135,6 +139,8 @@ class PtychoProcessOptions:
             raise ValueError(f"slice_thickness_A must be > 0, got {self.slice_thickness_A!r}")
         if self.oversampling is not None and not self.oversampling >= 1:
             raise ValueError(f"oversampling must be >= 1, got {self.oversampling!r}")
+        if not 1 <= int(self.pixel_quadrature) <= 8:
+            raise ValueError(f"pixel_quadrature must be in [1, 8], got {self.pixel_quadrature!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
         if self.first_stage_iterations is not None and not 0 <= self.first_stage_iterations < self.iterations:
@@ -320,8 +326,8 @@ def process_ptycho(
         n_modes=opts.n_modes, iterations=opts.iterations, first_stage_iterations=first,
         loss=opts.loss, batch_size=opts.batch_size, lr=opts.lr, probe_lr=opts.probe_lr,
         position_correction=opts.position_correction, state_model=opts.state_model,
-        lr_final_fraction=opts.lr_final_fraction, oversampling=opts.oversampling, seed=opts.seed,
-        threads=opts.threads,
+        lr_final_fraction=opts.lr_final_fraction, oversampling=opts.oversampling,
+        pixel_quadrature=int(opts.pixel_quadrature), seed=opts.seed, threads=opts.threads,
         progress=on_iteration, **opts.extra,
     )
     timings["reconstruction"] = _time.perf_counter() - t0
@@ -485,6 +491,9 @@ def print_ptycho_processing(result: PtychoProcessResult, where: str, console: An
     window, det = r.params.get("window"), r.params.get("detector_pixels")
     table.add_row("pixel size", f"{s['pixel_size_A']:.4g} Å"
                   + (f" ({window}-pixel model window, {det}-pixel detector)" if window and det else ""))
+    order = r.params.get("pixel_quadrature")
+    if order:
+        table.add_row("detector pixel", "centre sampled" if order == 1 else f"integrated over {order}×{order} tilts")
     table.add_row("slice thickness", f"{s['slice_thickness_A']:.4g} Å")
     table.add_row("loss first → last", f"{r.loss[0]:.4g} → {r.loss[-1]:.4g}")
     table.add_row("s per iteration", f"{s['seconds_per_iteration']:.3g}")

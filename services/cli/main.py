@@ -560,6 +560,12 @@ def process_ptycho_command(
                           "detector's edge wraps onto it; 1: the detector grid).",
                      show_default=False, min=1.0),
     ] = None,
+    pixel_quadrature: Annotated[
+        int,
+        typer.Option(help="Quadrature points per axis integrating the far field over each detector pixel, "
+                          "as a pixel does (1: sample pixel centres; each point adds one FFT per state "
+                          "and probe mode).", min=1, max=8),
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the state perturbations and minibatch order.")] = 0,
     threads: Annotated[
         int | None, typer.Option(help="torch threads (default: torch's).", show_default=False, min=1)
@@ -589,8 +595,8 @@ def process_ptycho_command(
             slice_thickness_A=slice_thickness, iterations=iterations, first_stage_iterations=first_stage,
             loss=loss.value, batch_size=batch_size, lr=lr, probe_lr=probe_lr,
             position_correction=position_correction, state_model=state_model.value,
-            lr_final_fraction=lr_final_fraction, oversampling=oversampling, seed=seed,
-            threads=threads,
+            lr_final_fraction=lr_final_fraction, oversampling=oversampling,
+            pixel_quadrature=pixel_quadrature, seed=seed, threads=threads,
         )
 
     _process_stored_run(run_uid, "ptychography", build, process_ptycho, print_ptycho_processing,

@@ -11,7 +11,11 @@ For scan position ``j`` with probe window top-left ``t_j`` and sub-pixel shift `
   oversampled (``Q > D``: the scattering beyond the detector's edge is lost, as in the
   measurement, instead of wrapping back onto it), summed incoherently over probe modes and over object states with weights ``w_n`` (Σ w = 1):
   ``I_j = Σ_n w_n Σ_m |F[ψ_{n,m}^j]|²`` (mixed states: Thibault & Menzel, Nature 494, 68
-  (2013); mixed object for thermal diffuse scattering: Gladyshev et al. (2025)).
+  (2013); mixed object for thermal diffuse scattering: Gladyshev et al. (2025));
+* optionally integrated over each detector pixel instead of sampled at its centre
+  (:func:`pixel_tilts`): a pixel of width ``Δα`` collects ``∫ |Ψ(k + t)|² dt`` over
+  ``|t| < Δα/2``, an incoherent sum over small tilts ``t`` of the exit wave, computed by
+  Gauss–Legendre quadrature as ``Σ_t c_t |F[ψ · exp(2πi t·r/λ)]|²``.
 
 Torch is imported here only; ``speckleflow.services.ptycho`` imports without it.
 """
@@ -38,6 +42,51 @@ def gather_patches(a: torch.Tensor, top_left: torch.Tensor, window: int) -> torc
     return out.movedim(-3, 0)
 
 
+def pixel_tilts(window: int, order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exit-wave tilts that integrate the far field over each detector pixel.
+
+    The far-field pixel of a ``Q``-pixel model window is the detector's ``Δα``; a tilt by
+    ``t`` pixels multiplies the exit wave by ``exp(2πi t·(n − Q//2)/Q)`` and shifts its far
+    field by ``t``. Averaging the pattern over a pixel of width ``Δα`` multiplies the exit
+    wave's autocorrelation (its Patterson function) at separation ``r`` by
+    ``sinc(r Δα/λ) = sinc(r/Q)`` (r in model pixels); the product of ``order``-point
+    Gauss–Legendre rules on ``[−½, ½]`` along y and x multiplies it by
+    ``Σ c_t cos(2π t r/Q)`` instead, within 0.15 % of the sinc for ``r ≤ Q/4`` and 3 % at
+    ``Q/2`` for order 2, within 0.07 % up to ``Q/2`` for order 3. Order 1 (point
+    sampling) is 11 % off at ``Q/4``.
+
+    Parameters
+    ----------
+    window : int
+        Model window Q, pixels.
+    order : int
+        Quadrature points per axis (1: the pixel centre only, the point-sampling model).
+
+    Returns
+    -------
+    ramps : Tensor, shape (order², Q, Q), complex64
+        Tilt phase ramps.
+    weights : Tensor, shape (order²,), float32
+        Quadrature weights, Σ = 1.
+
+    Raises
+    ------
+    ValueError
+        If ``order`` < 1 or ``window`` < 1.
+    """
+    if not isinstance(order, int | np.integer) or order < 1:
+        raise ValueError(f"pixel quadrature order must be a positive integer, got {order!r}")
+    if not isinstance(window, int | np.integer) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
+    nodes, w = np.polynomial.legendre.leggauss(int(order))
+    nodes, w = nodes / 2, w / 2  # on [-1/2, 1/2], Σ w = 1
+    n = (np.arange(window) - window // 2) / window
+    ty, tx = np.meshgrid(nodes, nodes, indexing="ij")
+    phase = 2 * np.pi * (ty.reshape(-1, 1, 1) * n[None, :, None] + tx.reshape(-1, 1, 1) * n[None, None, :])
+    weights = np.outer(w, w).reshape(-1)
+    return torch.as_tensor(np.exp(1j * phase).astype(np.complex64)), torch.as_tensor(weights.astype(np.float32))
+
+
 def far_field_intensity(
     obj: torch.Tensor,
     probe: torch.Tensor,
@@ -45,6 +94,7 @@ def far_field_intensity(
     propagator: torch.Tensor | None,
     weights: torch.Tensor,
     detector: int | None = None,
+    tilts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Diffraction intensities of a batch of scan positions.
 
@@ -64,6 +114,10 @@ def far_field_intensity(
     detector : int or None
         Detector width D ≤ Q, pixels: keep the central D × D pixels of the far field
         (None: all Q × Q).
+    tilts : (Tensor, Tensor) or None
+        ``(ramps (K, Q, Q) complex64, weights (K,))`` from :func:`pixel_tilts`: integrate
+        every detector pixel by quadrature (K times the cost of the last FFT); None samples
+        the pixel centres.
 
     Returns
     -------
@@ -86,8 +140,13 @@ def far_field_intensity(
             if propagator is None:
                 raise ValueError("a multislice object needs a propagator")
             psi = torch.fft.ifft2(torch.fft.fft2(psi) * propagator)
-    far = torch.fft.fft2(psi, norm="ortho")
-    intensity = (far.real**2 + far.imag**2).sum(dim=2)  # (B, N, Q, Q)
+    if tilts is None:
+        far = torch.fft.fft2(psi, norm="ortho")
+        intensity = (far.real**2 + far.imag**2).sum(dim=2)  # (B, N, Q, Q)
+    else:
+        ramps, tilt_weights = tilts
+        far = torch.fft.fft2(psi[:, :, :, None] * ramps, norm="ortho")  # (B, N, M, K, Q, Q)
+        intensity = ((far.real**2 + far.imag**2) * tilt_weights[:, None, None]).sum(dim=(2, 3))
     intensity = (intensity * weights[None, :, None, None]).sum(dim=1)
     intensity = torch.fft.fftshift(intensity, dim=(-2, -1))
     if detector is None or detector == window:
@@ -107,6 +166,7 @@ def simulate(
     propagator: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     detector: int | None = None,
+    pixel_quadrature: int = 1,
     batch_size: int = 64,
 ) -> np.ndarray:
     """Diffraction patterns of a whole scan (numpy in, numpy out; no gradients).
@@ -125,6 +185,9 @@ def simulate(
         State weights (default equal); normalised to Σ = 1.
     detector : int or None
         Keep the central D × D far-field pixels (see :func:`far_field_intensity`).
+    pixel_quadrature : int
+        Quadrature points per axis integrating each detector pixel (:func:`pixel_tilts`;
+        1: pixel centres).
 
     Returns
     -------
@@ -151,9 +214,11 @@ def simulate(
     t_w = torch.as_tensor(w.astype(np.float32))
     tl = torch.as_tensor(np.asarray(top_left, dtype=np.int64))
     fr = torch.as_tensor(np.asarray(fraction, dtype=np.float32))
+    tilts = None if pixel_quadrature == 1 else pixel_tilts(probe.shape[-1], pixel_quadrature)
     out = []
     with torch.no_grad():
         for i in range(0, tl.shape[0], batch_size):
             patches = gather_patches(t_obj, tl[i : i + batch_size], probe.shape[-1])
-            out.append(far_field_intensity(patches, t_probe, fr[i : i + batch_size], t_prop, t_w, detector).numpy())
+            out.append(far_field_intensity(patches, t_probe, fr[i : i + batch_size], t_prop, t_w, detector,
+                                           tilts).numpy())
     return np.concatenate(out).astype(np.float32)

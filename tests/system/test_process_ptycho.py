@@ -116,12 +116,13 @@ def test_process_ptycho_command_line(tiled_server, ptycho_run):
     common = ["--tiled-uri", tiled_server.uri, "--api-key", tiled_server.api_key]
     result = CliRunner().invoke(app, ["process", "ptycho", uid, "--iterations", "2", "--modes", "2",
                                       "--states", "2", "--state-model", "displacement", "--threads", "1",
-                                      *common])
+                                      "--pixel-quadrature", "3", *common])
     assert result.exit_code == 0, result.output
     assert f"analysis/{uid}/ptycho/" in result.output
     client = from_uri(tiled_server.uri, api_key=tiled_server.api_key)
     params = client["analysis"][uid]["ptycho"]["object_phase"].metadata["parameters"]
     assert params["state_model"] == "displacement" and params["n_states"] == 2
+    assert params["pixel_quadrature"] == 3
     bad = CliRunner().invoke(app, ["process", "ptycho", "no-such-run", *common])
     assert bad.exit_code == 2 and "no run" in bad.output
     bad = CliRunner().invoke(app, ["process", "ptycho", uid, "--first-stage", "5", "--iterations", "2",

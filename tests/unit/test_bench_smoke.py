@@ -168,16 +168,18 @@ def test_ptycho_benchmark_quick_prints_a_table() -> None:
     pytest.importorskip("torch")
     completed = run_bench(PTYCHO_BENCH, "--quick", "--plain", timeout=110)
     lines = completed.stdout.splitlines()
-    header = table_header(lines, "states", ("model window", "s/iteration", "vs 1×1", "2-thread speedup",
-                                            "peak RSS GB"))
+    header = table_header(lines, "states", ("model window", "tilts/pixel", "s/iteration", "vs 1×1",
+                                            "2-thread speedup", "peak RSS GB"))
     rows = [line.split() for line in lines[lines.index(header) + 2 :] if line.strip()]
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("1", "1", "1"), ("2", "1", "1"), ("2", "2", "1"), ("1", "1", "2"), ("2", "1", "2"), ("2", "2", "2"),
-        ("2", "1", "1"),
+        ("2", "1", "1"), ("2", "1", "1"),
     ]
-    # 32 + 2·20 mrad / 1 mrad: the default window; the last row fits on the detector grid
-    assert [r[3] for r in rows] == ["72"] * 6 + ["32"]
-    assert all(float(r[4]) > 0 for r in rows)
+    # 32 + 2·20 mrad / 1 mrad: the default window; the 7th row fits on the detector grid,
+    # the last samples pixel centres instead of 2 × 2 tilts per pixel
+    assert [r[3] for r in rows] == ["72"] * 6 + ["32", "72"]
+    assert [r[4] for r in rows] == ["4"] * 7 + ["1"]
+    assert all(float(r[5]) > 0 for r in rows)
 
 
 CRYSTAL_BENCH = BENCH.parent / "bench_crystal.py"

@@ -65,8 +65,9 @@ def _data(rng, positions, grid, phases, n_sub_slices=4, weights=None) -> PtychoD
 
 
 # The data above are made on the detector grid (window Q, as ``simulate`` without a
-# ``detector``), so the fits below use that model too: ``oversampling=1``.
-EXACT = {"oversampling": 1.0}
+# ``detector``) at the pixel centres, so the fits below use that model too:
+# ``oversampling=1``, ``pixel_quadrature=1``.
+EXACT = {"oversampling": 1.0, "pixel_quadrature": 1}
 
 
 def _corr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -196,6 +197,8 @@ def test_step_decay_and_state_model_out_of_range_are_named() -> None:
         reconstruct(data, iterations=2, n_states=2, state_model="atoms")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="oversampling"):
         reconstruct(data, iterations=2, oversampling=0.5)
+    with pytest.raises(ValueError, match="pixel_quadrature"):
+        reconstruct(data, iterations=2, pixel_quadrature=0)
 
 
 def test_default_model_window_keeps_wrapped_scattering_off_the_detector() -> None:
@@ -212,5 +215,6 @@ def test_default_model_window_keeps_wrapped_scattering_off_the_detector() -> Non
     assert result.pixel_size_A == pytest.approx(real_space_pixel_A(E, 52, DALPHA))
     assert result.params["window"] == 52 and result.params["detector_pixels"] == Q
     assert result.params["oversampling"] == pytest.approx(52 / 32)
+    assert result.params["pixel_quadrature"] == 2  # box-integrating pixels by default
     exact = reconstruct(data, iterations=1, threads=1, **EXACT)
     assert exact.probe.shape == (1, Q, Q) and exact.pixel_size_A == pytest.approx(grid.pixel_A)

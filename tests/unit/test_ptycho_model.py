@@ -245,3 +245,53 @@ def test_model_window_covers_the_detector_plus_the_aperture() -> None:
             model_window(64, 25.0, 1.5625, **bad)
     with pytest.raises(ValueError, match="semiangle"):
         model_window(64, 0.0, 1.5625)
+
+
+def _box_integrated_reference(psi: np.ndarray) -> np.ndarray:
+    """The exact mean of ``|Ψ(k)|²`` over each far-field pixel of a wave ``psi`` (Q, Q)
+    supported on its window: its autocorrelation, exact on a 2Q grid, times sinc(r/Q) per
+    axis (the Fourier transform of the pixel's box), back to the far field at the pixel
+    centres. With the sinc left out this returns the point-sampled pattern."""
+    q = psi.shape[0]
+    padded = np.zeros((2 * q, 2 * q), np.complex128)
+    padded[:q, :q] = psi
+    patterson = np.fft.ifft2(np.abs(np.fft.fft2(padded)) ** 2)
+    r = np.fft.fftfreq(2 * q, d=1.0 / (2 * q))
+    box = np.sinc(r / q)
+    out = np.fft.fft2(patterson * box[:, None] * box[None, :]).real[::2, ::2] / q**2
+    return np.fft.fftshift(out)
+
+
+def test_pixel_quadrature_integrates_each_detector_pixel() -> None:
+    """A focused probe on a strong random phase object: the Gauss–Legendre tilt rule
+    against the exact box integral (independent: the exit wave's Patterson function times
+    the box's sinc). Point sampling is off by several per cent of the peak at the disc edge
+    and the diffuse scattering; orders 2 and 3 close that to the rule's stated error."""
+    from speckleflow.services.ptycho.model import pixel_tilts, simulate
+
+    rng = np.random.default_rng(3)
+    phase = ndimage.gaussian_filter(rng.normal(size=(Q, Q)), 1.0)
+    obj = np.exp(1j * 3 * phase / phase.std()).astype(np.complex64)
+    psi = aperture_probe((Q, Q), E, ALPHA, DALPHA, total_intensity=1.0)
+    exit_wave = psi.astype(np.complex128) * obj
+    zero = np.zeros((1, 2))
+    point = simulate(obj[None, None], psi[None], zero.astype(np.int64), zero)[0]
+    exact = _box_integrated_reference(exit_wave)
+    # the reference without its sinc is the point-sampled pattern: it shares the model's conventions
+    q = Q
+    padded = np.zeros((2 * q, 2 * q), np.complex128)
+    padded[:q, :q] = exit_wave
+    unboxed = np.fft.fftshift(np.fft.fft2(np.fft.ifft2(np.abs(np.fft.fft2(padded)) ** 2)).real[::2, ::2] / q**2)
+    np.testing.assert_allclose(point, unboxed, rtol=0, atol=1e-5 * unboxed.max())
+    assert exact.sum() == pytest.approx(point.sum(), rel=1e-3)  # flux moves between pixels, not lost
+
+    err = {order: np.abs(simulate(obj[None, None], psi[None], zero.astype(np.int64), zero,
+                                  pixel_quadrature=order)[0] - exact).max() / exact.max()
+           for order in (1, 2, 3)}
+    # measured: 8 %, 0.36 %, 0.014 % of the peak
+    assert err[1] > 0.03
+    assert err[2] < 0.01 and err[3] < 1e-3
+    ramps, weights = pixel_tilts(Q, 2)
+    assert ramps.shape == (4, Q, Q) and float(weights.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="order"):
+        pixel_tilts(Q, 0)
