@@ -556,12 +556,13 @@ class CrystalSample:
                 f"less than the detector's {p.max_angle_mrad} mrad: use a finer sampling"
             )
         psi = np.swapaxes(np.asarray(waves.array).reshape(-1, *waves.gpts), -1, -2)  # (n, y, x)
-        out = self._to_detector(psi, shifted, sampling)  # (n_src·n_pos, qy, qx)
+        out = self._to_detector(psi, shifted, sampling, lam)  # (n_src·n_pos, qy, qx)
         out = out.reshape(len(weights), -1, *self.detector_shape)
         out = np.tensordot(weights, out, axes=1)
         return out.reshape(*self.scan_shape, *self.detector_shape)
 
-    def _to_detector(self, psi: np.ndarray, positions_A: np.ndarray, sampling_A: tuple[float, float]) -> np.ndarray:
+    def _to_detector(self, psi: np.ndarray, positions_A: np.ndarray, sampling_A: tuple[float, float],
+                     wavelength_A: float) -> np.ndarray:
         """Exit waves (n, H, W) (y, x) of probes at ``positions_A`` (n, 2) → patterns (n, qy, qx).
 
         Each periodic wave is rolled so its probe sits at the window centre (the cut where
@@ -577,8 +578,7 @@ class CrystalSample:
         qy, qx = self.detector_shape
         ay, ax = self.params.angular_sampling_mrad
         centres = ((np.arange(qy) - qy // 2) * ay, (np.arange(qx) - qx // 2) * ax)
-        lam = electron_wavelength_A(self.params.energy_eV)
-        return pixel_integrated_patterns(psi, sampling_A, lam, centres, (ay, ax))
+        return pixel_integrated_patterns(psi, sampling_A, wavelength_A, centres, (ay, ax))
 
     # -- camera interface -----------------------------------------------------------------
     def electrons(self, ix: np.ndarray, iy: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -204,8 +204,7 @@ def reconstruct(
     if not 0 < lr_final_fraction <= 1:
         raise ValueError(f"lr_final_fraction must be in (0, 1], got {lr_final_fraction!r}")
     warp_opts = {"lr_final": float(lr_final_fraction), "model": state_model, "sigma": float(displacement_sigma_px),
-                 "init": float(state_displacement_px), "lr": float(displacement_lr),
-                 "pixel_quadrature": int(pixel_quadrature)}
+                 "init": float(state_displacement_px), "lr": float(displacement_lr)}
 
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -214,14 +213,14 @@ def reconstruct(
         return _fit(data, n_slices, float(slice_thickness_A), n_states, n_modes, iterations, first,
                     loss, batch_size, lr, probe_lr, position_correction, position_lr,
                     learn_state_weights, fixed_amplitude, state_perturbation_rad, state_perturbation_px,
-                    mode_power_fraction, window, margin_px, progress, seed, warp_opts)
+                    mode_power_fraction, window, int(pixel_quadrature), margin_px, progress, seed, warp_opts)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_size, lr, probe_lr,
          position_correction, position_lr, learn_weights, fixed_amplitude, perturbation, perturbation_px,
-         mode_power, window, margin_px, progress, seed, warp_opts) -> ReconstructionResult:
+         mode_power, window, order, margin_px, progress, seed, warp_opts) -> ReconstructionResult:
     t_start = time.perf_counter()
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(seed)
@@ -236,7 +235,6 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
     shift = torch.zeros(n_pos, 2, requires_grad=True)
     propagator = (torch.as_tensor(fresnel_propagator(window, pixel, data.wavelength_A, dz))
                   if n_slices > 1 else None)
-    order = warp_opts["pixel_quadrature"]
     tilts = pixel_tilts(window, order) if order > 1 else None
 
     mean_counts = float(patterns.sum(dim=(1, 2)).mean())
