@@ -546,7 +546,7 @@ def process_ptycho_command(
     probe_lr: Annotated[float, typer.Option(help="Adam step of the probe (relative to its peak).")] = 0.01,
     position_correction: Annotated[bool, typer.Option(help="Refine the scan positions.")] = False,
     lr_final_fraction: Annotated[
-        float, typer.Option(help="Step sizes decay within each stage to this fraction (1: constant).",
+        float, typer.Option(help="Step sizes decay over both stages to this fraction (1: constant).",
                             min=1e-6, max=1.0)
     ] = 0.1,
     state_model: Annotated[

@@ -11,7 +11,10 @@ Guizar-Sicairos, New J. Phys. 14, 063004 (2012) eq. 11) or the amplitude loss
 Two stages (Gladyshev et al. (2025)): a single object state with ``n_modes`` probe modes
 first (the probe modes absorb partial spatial coherence), then ``n_states`` object states,
 each initialised from the first stage's object with a small random phase perturbation
-(identical states would receive identical gradients and never separate).
+(identical states would receive identical gradients and never separate). The second stage
+continues the first's optimiser rather than restarting it: the step sizes follow one decay
+over both stages and every state inherits the first stage's Adam moments, so the states
+start moving at the step size the single state had reached.
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ def _loss(model: torch.Tensor, data: torch.Tensor, kind: str) -> torch.Tensor:
         term = term + torch.where(pos, data * torch.log(torch.where(pos, data, 1.0) / model), 0.0)
         return 2 * term.sum()
     return ((torch.sqrt(model + eps) - torch.sqrt(data)) ** 2).sum()
+
+
+def _split_adam_state(state: dict[str, torch.Tensor], n_states: int) -> dict[str, torch.Tensor]:
+    """Adam state of one object tensor (1, ...) handed on to ``n_states`` equal states.
+
+    With equal weights 1/N the gradient of each state is 1/N of the single state's, so the
+    first moment is scaled by 1/N and the second by 1/N²: each state's first step is the
+    step the single state would have taken next. A fresh optimiser instead moves every
+    pixel by the full step size at once, whatever its gradient (Adam's bias correction,
+    Kingma & Ba (2015) alg. 1).
+    """
+    reps = (n_states,) + (1,) * (state["exp_avg"].dim() - 1)
+    return {"step": state["step"].clone(),
+            "exp_avg": state["exp_avg"].repeat(reps) / n_states,
+            "exp_avg_sq": state["exp_avg_sq"].repeat(reps) / n_states**2}
 
 
 def reconstruct(
@@ -127,9 +145,14 @@ def reconstruct(
     displacement_lr : float
         Adam step of the displacement fields, pixels.
     lr_final_fraction : float
-        Every step size decays exponentially within each stage to this fraction of its
-        value by the stage's last pass (1: constant). Adam with a constant step keeps
-        oscillating around the optimum at high counts.
+        Every step size decays exponentially over all passes, both stages together, to this
+        fraction of its value by the last pass (1: constant). Adam with a constant step keeps
+        oscillating around the optimum at high counts. The second stage continues the
+        first's Adam state (module docstring): on noise-free coherent hBN-1L (16 × 16, 10
+        states, 100 + 100 passes, fraction 0.1) restarting Adam, with the step back at its
+        initial value, raised the loss per pixel tenfold at the stage boundary, to 7.0e-4;
+        the fit ended at 8.0e-5, above the single state's 6.3e-5, with 0.022 Å rms of
+        false vibration. Continued, it ends at 3.3e-5 and 0.015 Å.
     mode_power_fraction : float
         Initial power of the probe modes beyond the first (:func:`probe_modes`).
     oversampling : float or None
@@ -264,7 +287,8 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
         maps = warp(torch.cat([phase[0], log_amp[0]]), smooth_field(warped["field"], kernel))
         return maps[:, :n_slices], maps[:, n_slices:]
 
-    def run_stage(n_iter: int, logits: torch.Tensor) -> None:
+    def run_stage(n_iter: int, logits: torch.Tensor,
+                  inherited: dict[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> torch.optim.Adam:
         params = [{"params": [phase], "lr": lr}, {"params": [probe_param], "lr": probe_lr}]
         if not fixed_amplitude:
             params.append({"params": [log_amp], "lr": lr})
@@ -277,10 +301,12 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
             pos_group = {"params": [shift], "lr": 0.0}
             params.append(pos_group)
         opt = torch.optim.Adam(params)
+        for param, state in (inherited or {}).items():
+            opt.state[param] = state
         base_lrs = [g["lr"] for g in opt.param_groups]
-        for k in range(n_iter):
+        for _ in range(n_iter):
             it = len(losses)
-            decay = warp_opts["lr_final"] ** (k / max(n_iter - 1, 1))
+            decay = warp_opts["lr_final"] ** (it / max(iterations - 1, 1))
             for g, base in zip(opt.param_groups, base_lrs, strict=True):
                 if g is not pos_group:
                     g["lr"] = base * decay
@@ -306,9 +332,13 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
             losses.append(total / (n_pos * detector * detector))
             if progress is not None:
                 progress(len(losses), losses[-1])
+        return opt
 
     t0 = time.perf_counter()
-    run_stage(first, logits)
+    stage1 = run_stage(first, logits)
+    # the same tensors (probe, positions; the base object of the displacement model) keep
+    # their Adam state in the second stage; the per-state objects split theirs
+    inherited = dict(stage1.state)
     t_stage1 = time.perf_counter() - t0
     if n_states > 1 and warp_opts["model"] == "displacement":
         noise = torch.as_tensor(rng.normal(size=(n_states, 2, h, w)).astype(np.float32))
@@ -317,7 +347,7 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
             noise *= warp_opts["init"] / max(float(d0.std()), 1e-12)
         warped["field"] = noise.requires_grad_(True)
         logits = torch.zeros(n_states, requires_grad=learn_weights)
-        run_stage(iterations - first, logits)
+        run_stage(iterations - first, logits, inherited)
     elif n_states > 1:
         with torch.no_grad():
             noise = ndimage.gaussian_filter(rng.normal(size=(n_states, n_slices, h, w)),
@@ -327,10 +357,13 @@ def _fit(data, n_slices, dz, n_states, n_modes, iterations, first, loss, batch_s
             noise[0] = 0
             new_phase = phase.detach().repeat(n_states, 1, 1, 1) + noise
             new_amp = log_amp.detach().repeat(n_states, 1, 1, 1)
+        for single, split in ((phase, new_phase), (log_amp, new_amp)):
+            if single in inherited:
+                inherited[split] = _split_adam_state(inherited.pop(single), n_states)
         phase = new_phase.requires_grad_(True)
         log_amp = new_amp.requires_grad_(not fixed_amplitude)
         logits = torch.zeros(n_states, requires_grad=learn_weights)
-        run_stage(iterations - first, logits)
+        run_stage(iterations - first, logits, inherited)
     t_total = time.perf_counter() - t0
 
     with torch.no_grad():
