@@ -12,8 +12,9 @@ probe rasters over a crystal supercell (:mod:`.crystal`):
 2. **Multislice** — for each configuration abTEM builds the projected potential
    (``Potential``: Lobato parametrisation, infinite projection, ``sampling_A``,
    ``slice_thickness_A``) and propagates ``Probe(energy, semiangle_cutoff, defocus)``
-   through it at every scan position (``CustomScan``), keeping the exit waves; the incoherent (frozen-phonon) average over
-   configurations is the noise-free 4D data set (Loane, Xu & Silcox 1991).
+   through it at every scan position (``CustomScan``), keeping the exit waves; the
+   incoherent (frozen-phonon) average over configurations of their patterns (step 4)
+   is the noise-free 4D data set (Loane, Xu & Silcox 1991).
 3. **Partial spatial coherence** — a Gaussian source of FWHM ``source_fwhm_A`` blurs
    the probe position: each pattern is the Gauss–Hermite weighted sum over
    ``source_points``² probe shifts (nodes ±√2·σ·x_k, σ = FWHM/2√(2 ln 2)), exact for
